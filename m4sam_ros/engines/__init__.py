@@ -1,0 +1,1 @@
+"""Backends for the heavy stateless encoder: PyTorch, ONNX Runtime, TensorRT."""

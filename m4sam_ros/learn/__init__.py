@@ -1,0 +1,1 @@
+"""Datasets, synthetic RGB-D video, training and evaluation."""

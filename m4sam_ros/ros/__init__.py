@@ -1,0 +1,1 @@
+"""ROS 2 glue: the only subpackage that imports rclpy."""
