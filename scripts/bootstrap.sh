@@ -29,15 +29,13 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 step() { printf '[bootstrap] %s\n' "$*"; }
 
 # --- prerequisites -------------------------------------------------------------------
-PYTHON=${M4SAM_PYTHON:-}
-if [ -z "$PYTHON" ]; then
-  for candidate in python3.11 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 &&
-       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-      PYTHON=$(command -v "$candidate"); break
-    fi
-  done
-fi
+PYTHON=
+for candidate in ${M4SAM_PYTHON:-python3.11 python3}; do
+  if command -v "$candidate" >/dev/null 2>&1 &&
+     "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+    PYTHON=$(command -v "$candidate"); break
+  fi
+done
 [ -n "$PYTHON" ] || die "Python 3.11 is required (the ROS 2 wheels on PyPI are built for cp311).
   Install it (e.g. 'apt-get install python3.11 python3.11-venv python3.11-dev', or pyenv),
   or point M4SAM_PYTHON at a Python 3.11 interpreter."

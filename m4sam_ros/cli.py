@@ -1,0 +1,44 @@
+"""The `m4sam` command: one entry point for the offline verbs.
+
+Each verb lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; it is imported only when chosen, so `m4sam --help` stays
+instant and a verb's heavy imports (torch, TensorRT) never slow down another.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("m4sam_ros.ros.demo", "run the node on a generated RGB-D stream and report FPS and accuracy"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m4sam", description="M4-SAM RGB-D video salient object detection: offline tools.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, (_, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in VERBS:
+        build_parser().parse_args(argv)  # prints usage, or the error naming the verb
+        return 2
+    verb, rest = argv[0], argv[1:]
+    module_name, help_text = VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"m4sam {verb}", description=module.__doc__ or help_text,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
