@@ -1,0 +1,86 @@
+"""RealSense camera with depth aligned to colour + m4sam_saliency + (optionally) RViz2.
+
+    ros2 launch m4sam_ros realsense.launch.py sam2_checkpoint:=$HOME/models/sam2.1_hiera_tiny.pt rviz:=true
+
+Starts ``realsense2_camera_node`` (realsense-ros 4.x parameter names) as
+/<camera_namespace>/<camera_name>, feeds its colour image, aligned depth and colour
+camera_info to the saliency node, and shows overlay, mask and 3D boxes in RViz2.
+Model/engine arguments left empty keep the value of ``config_file``.
+"""
+import os
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = "m4sam_ros"
+
+# (name, default, description): the table of launch arguments.
+ARGUMENTS = [
+    ("camera_namespace", "camera", "Namespace of the RealSense node"),
+    ("camera_name", "camera", "Name of the RealSense node (topics: /<camera_namespace>/<camera_name>/...)"),
+    ("serial_no", "", "Serial number of the camera to open (empty: the first one found)"),
+    ("color_profile", "640,480,30", "RealSense rgb_camera.color_profile: width,height,fps"),
+    ("depth_profile", "640,480,30", "RealSense depth_module.depth_profile: width,height,fps"),
+    ("config_file", "", "Parameter file of the saliency node (empty: the installed config/m4sam.yaml)"),
+    ("preset", "", "model.preset override: hiera_t | hiera_s | hiera_b+ | hiera_l | test (empty: from config_file)"),
+    ("sam2_checkpoint", "", "model.sam2_checkpoint override: path of the official SAM2.1 .pt file"),
+    ("adapter", "", "model.adapter override: trained adapter weights (empty: zero-shot)"),
+    ("backend", "", "engine.backend override: auto | torch | onnxruntime | tensorrt"),
+    ("device", "", "engine.device override: auto | cpu | cuda | cuda:N"),
+    ("rviz", "false", "Start RViz2 with config/m4sam.rviz"),
+    ("log_level", "info", "Log level of the saliency node"),
+]
+
+OVERRIDES = {"preset": "model.preset", "sam2_checkpoint": "model.sam2_checkpoint", "adapter": "model.adapter",
+             "backend": "engine.backend", "device": "engine.device"}
+
+
+def _camera_topic(namespace: str, name: str, suffix: str) -> str:
+    parts = [p.strip("/") for p in (namespace, name, suffix) if p.strip("/")]
+    return "/" + "/".join(parts)
+
+
+def _nodes(context):
+    value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    share = FindPackageShare(PACKAGE).perform(context)
+    config_file = value["config_file"] or os.path.join(share, "config", "m4sam.yaml")
+    namespace, name = value["camera_namespace"], value["camera_name"]
+    camera_parameters = {
+        "enable_color": True, "enable_depth": True, "align_depth.enable": True, "enable_sync": True,
+        "pointcloud.enable": False,
+        "rgb_camera.color_profile": ParameterValue(value["color_profile"], value_type=str),
+        "depth_module.depth_profile": ParameterValue(value["depth_profile"], value_type=str),
+    }
+    if value["serial_no"]:
+        camera_parameters["serial_no"] = ParameterValue(value["serial_no"], value_type=str)
+    overrides = {param: ParameterValue(value[arg], value_type=str) for arg, param in OVERRIDES.items() if value[arg]}
+    nodes = [
+        Node(package="realsense2_camera", executable="realsense2_camera_node", namespace=namespace, name=name,
+             parameters=[camera_parameters], output="screen", emulate_tty=True),
+        Node(package=PACKAGE, executable="saliency_node", name="m4sam_saliency",
+             parameters=[config_file, overrides],
+             remappings=[
+                 ("rgb/image", _camera_topic(namespace, name, "color/image_raw")),
+                 ("depth/image", _camera_topic(namespace, name, "aligned_depth_to_color/image_raw")),
+                 ("rgb/camera_info", _camera_topic(namespace, name, "color/camera_info")),
+             ],
+             arguments=["--ros-args", "--log-level", value["log_level"]],
+             output="screen", emulate_tty=True),
+    ]
+    if value["rviz"].lower() == "true":
+        # the driver names its colour optical frame <camera_name>_color_optical_frame
+        nodes.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                          arguments=["-d", os.path.join(share, "config", "m4sam.rviz"),
+                                     "-f", f"{name}_color_optical_frame"]))
+    return nodes
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=description)
+         for name, default, description in ARGUMENTS]
+        + [OpaqueFunction(function=_nodes)])

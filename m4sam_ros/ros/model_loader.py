@@ -1,0 +1,130 @@
+"""Start-up checks and tracker construction for the node, with errors a user can act on.
+
+A missing checkpoint or an unavailable device is the most common first-run failure; the
+node must say which file, where to get it and which parameter to set, then exit
+non-zero without a traceback (``StartupError``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from m4sam_ros.depth import DepthConfig
+from m4sam_ros.postprocess import PostprocessConfig
+from m4sam_ros.ros.parameters import EngineSettings, ModelSettings, NodeSettings
+from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
+
+__all__ = ["CHECKPOINT_FILES", "StartupError", "build_tracker", "check_model_files", "postprocess_config",
+           "resolve_backend", "resolve_device"]
+
+# Official SAM2.1 release files per preset (github.com/facebookresearch/sam2, "Download Checkpoints").
+CHECKPOINT_FILES = {
+    "hiera_t": "sam2.1_hiera_tiny.pt",
+    "hiera_s": "sam2.1_hiera_small.pt",
+    "hiera_b+": "sam2.1_hiera_base_plus.pt",
+    "hiera_l": "sam2.1_hiera_large.pt",
+}
+RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+AVAILABLE_BACKENDS = ("torch",)
+
+
+class StartupError(RuntimeError):
+    """A configuration problem the user must fix; reported as one message, no traceback."""
+
+
+def _download_hint(preset: str) -> str:
+    name = CHECKPOINT_FILES[preset]
+    return (f"get the official SAM2.1 checkpoint {name} from the SAM2 release page "
+            f"(https://github.com/facebookresearch/sam2#download-checkpoints, direct link {RELEASE_URL}{name}) "
+            f"and pass its path as model.sam2_checkpoint (launch argument sam2_checkpoint)")
+
+
+def _expand(path: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def check_model_files(model: ModelSettings) -> tuple[Path | None, Path | None]:
+    """(checkpoint, adapter) as existing paths (None where not used); StartupError otherwise."""
+    checkpoint = adapter = None
+    if model.preset == "test":
+        if model.sam2_checkpoint:
+            raise StartupError("model.preset 'test' is a random-init model and takes no model.sam2_checkpoint; "
+                               f"clear it or pick one of {', '.join(CHECKPOINT_FILES)}")
+    elif not model.sam2_checkpoint:
+        raise StartupError(f"model.sam2_checkpoint is empty: model.preset '{model.preset}' needs weights; "
+                           + _download_hint(model.preset))
+    else:
+        checkpoint = _expand(model.sam2_checkpoint)
+        if not checkpoint.is_file():
+            raise StartupError(f"SAM2 checkpoint file not found: {checkpoint} (model.sam2_checkpoint); "
+                               + _download_hint(model.preset))
+    if model.adapter:
+        adapter = _expand(model.adapter)
+        if not adapter.is_file():
+            raise StartupError(f"adapter weights not found: {adapter} (model.adapter); train them with "
+                               "`m4sam train` or leave model.adapter empty for zero-shot mode")
+    return checkpoint, adapter
+
+
+def resolve_backend(engine: EngineSettings) -> str:
+    """The backend to run: 'auto' picks the fastest available one."""
+    if engine.backend == "auto":
+        return AVAILABLE_BACKENDS[0]
+    if engine.backend not in AVAILABLE_BACKENDS:
+        raise StartupError(f"engine.backend '{engine.backend}' is not available in this version of m4sam_ros; "
+                           f"use {' or '.join(repr(b) for b in ('auto',) + AVAILABLE_BACKENDS)}")
+    return engine.backend
+
+
+def resolve_device(engine: EngineSettings) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; an unavailable GPU is an error."""
+    if engine.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if engine.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise StartupError(f"engine.device '{engine.device}' requested but torch sees no CUDA device "
+                               f"(torch {torch.__version__}); use engine.device cpu or auto")
+        index = int(engine.device.split(":")[1]) if ":" in engine.device else 0
+        if index >= torch.cuda.device_count():
+            raise StartupError(f"engine.device '{engine.device}': only {torch.cuda.device_count()} CUDA device(s)")
+    return engine.device
+
+
+def build_tracker(settings: NodeSettings) -> tuple[SaliencyTracker, str]:
+    """The tracker the settings describe, and a one-line description for logs/diagnostics."""
+    checkpoint, adapter = check_model_files(settings.model)
+    backend = resolve_backend(settings.engine)
+    if settings.engine.precision != "fp32":
+        raise StartupError(f"engine.precision '{settings.engine.precision}' is not supported by the {backend} "
+                           "backend; use fp32")
+    device = resolve_device(settings.engine)
+    if settings.engine.num_threads > 0:
+        # fewer threads than cores: OpenMP barriers stall for seconds when the cores are oversubscribed
+        torch.set_num_threads(settings.engine.num_threads)
+    try:
+        config = TrackerConfig(
+            image_size=settings.model.image_size,
+            num_memory_frames=settings.tracker.num_memory_frames,
+            gap_timeout_s=settings.tracker.gap_timeout_s,
+            lost_score_threshold=settings.tracker.lost_score_threshold,
+            lost_patience_frames=settings.tracker.lost_patience_frames,
+            mode=settings.model.mode,
+            depth=DepthConfig(min_m=settings.depth.min_m, max_m=settings.depth.max_m),
+            postprocess=postprocess_config(settings))
+        tracker = SaliencyTracker.from_settings(
+            preset=settings.model.preset, image_size=settings.model.image_size,
+            sam2_checkpoint=str(checkpoint) if checkpoint else None, adapter=str(adapter) if adapter else None,
+            device=device, seed=settings.model.seed, config=config)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise StartupError(f"cannot build the model: {exc}") from None
+    description = (f"{settings.model.preset} {settings.model.image_size}px {tracker.mode} on {backend}/{device}"
+                   f" {settings.engine.precision}")
+    return tracker, description
+
+
+def postprocess_config(settings: NodeSettings) -> PostprocessConfig:
+    """The run-time adjustable part of the settings, as the tracker's post-processing config."""
+    return PostprocessConfig(threshold=settings.mask_threshold, min_area_fraction=settings.min_object_area_fraction,
+                             max_objects=settings.max_objects)

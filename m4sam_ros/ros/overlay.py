@@ -1,0 +1,31 @@
+"""The human view: the RGB frame with salient pixels tinted and each object boxed and labelled."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from m4sam_ros.postprocess import SalientObject
+
+__all__ = ["render_overlay"]
+
+TINT_BGR = np.array([0, 200, 255], dtype=np.float32)  # amber: readable over most scenes
+
+
+def render_overlay(rgb: np.ndarray, mask: np.ndarray, objects: Sequence[SalientObject],
+                   alpha: float = 0.5) -> np.ndarray:
+    """rgb (H, W, 3) uint8 RGB, mask (H, W) 0/1 -> (H, W, 3) uint8 BGR (bgr8)."""
+    if rgb.shape[:2] != mask.shape:
+        raise ValueError(f"overlay needs mask of the RGB size {rgb.shape[:2]}, got {mask.shape}")
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    salient = mask.astype(bool)
+    if alpha > 0 and salient.any():
+        blended = bgr[salient].astype(np.float32) * (1.0 - alpha) + TINT_BGR * alpha  # (N, 3)
+        bgr[salient] = blended.astype(np.uint8)
+    for obj in objects:
+        x, y, w, h = obj.box
+        cv2.rectangle(bgr, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), 1)
+        cv2.putText(bgr, f"#{obj.id} {obj.score:.2f}", (x, max(y - 3, 8)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35, (0, 255, 0), 1, cv2.LINE_AA)
+    return bgr

@@ -1,0 +1,175 @@
+"""Launch files and the RViz config.
+
+The static checks always run (launch_ros is not pip-installable, so most CI here lacks it);
+the tests that load and run the launch files need launch_ros and skip without it.
+"""
+import ast
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from m4sam_ros.ros.parameters import PARAMETERS
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = {name: ROOT / "launch" / f"{name}.launch.py" for name in ("realsense", "saliency")}
+RVIZ = ROOT / "config" / "m4sam.rviz"
+DECLARED = {p.name for p in PARAMETERS}
+NODE_INPUTS = {"rgb/image", "depth/image", "rgb/camera_info"}
+
+
+def _module(path: Path) -> ast.Module:
+    source = path.read_text()
+    compile(source, str(path), "exec")  # syntax errors fail here with file and line
+    return ast.parse(source)
+
+
+def _assigned(tree: ast.Module, name: str):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"module-level {name} not found")
+
+
+def _function(tree: ast.Module, name: str):
+    """Compile one top-level pure function of a launch file on its own and return it."""
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    namespace: dict = {}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), name, "exec"), namespace)
+    return namespace[name]
+
+
+def _strings(tree: ast.Module) -> set[str]:
+    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCH))
+def test_launch_file_structure(name):
+    tree = _module(LAUNCH[name])
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+    arguments = _assigned(tree, "ARGUMENTS")
+    names = [a[0] for a in arguments]
+    assert len(names) == len(set(names)), f"duplicate launch arguments in {name}"
+    for arg_name, default, description in arguments:
+        assert isinstance(default, str) and description.strip(), f"{arg_name} needs a default and a description"
+    overrides = _assigned(tree, "OVERRIDES")
+    assert set(overrides) <= set(names)
+    assert set(overrides.values()) <= DECLARED, "launch overrides must target declared node parameters"
+    strings = _strings(tree)
+    assert {"saliency_node", "m4sam_saliency", "m4sam_ros"} <= strings
+    assert NODE_INPUTS <= strings, "every node input must be remapped"
+
+
+def test_realsense_launch_camera_settings_and_topics():
+    tree = _module(LAUNCH["realsense"])
+    arguments = {a[0]: a[1] for a in _assigned(tree, "ARGUMENTS")}
+    assert arguments["camera_namespace"] == "camera" and arguments["camera_name"] == "camera"
+    assert arguments["rviz"] == "false"
+    assert {"config_file", "sam2_checkpoint", "adapter", "backend", "device", "preset"} <= set(arguments)
+    strings = _strings(tree)
+    # realsense-ros 4.x names (rs_launch.py): the aligned depth topic only exists with align_depth.enable
+    assert {"realsense2_camera", "realsense2_camera_node", "align_depth.enable", "rgb_camera.color_profile",
+            "depth_module.depth_profile", "rviz2"} <= strings
+    camera_topic = _function(tree, "_camera_topic")
+    assert camera_topic("camera", "camera", "color/image_raw") == "/camera/camera/color/image_raw"
+    assert (camera_topic("camera", "camera", "aligned_depth_to_color/image_raw")
+            == "/camera/camera/aligned_depth_to_color/image_raw")
+    assert camera_topic("", "front", "color/camera_info") == "/front/color/camera_info"
+    assert camera_topic("/robot/", "cam", "color/image_raw") == "/robot/cam/color/image_raw"
+
+
+def test_saliency_launch_defaults_match_realsense_topics():
+    arguments = {a[0]: a[1] for a in _assigned(_module(LAUNCH["saliency"]), "ARGUMENTS")}
+    assert arguments["rgb_topic"] == "/camera/camera/color/image_raw"
+    assert arguments["depth_topic"] == "/camera/camera/aligned_depth_to_color/image_raw"
+    assert arguments["camera_info_topic"] == "/camera/camera/color/camera_info"
+
+
+def test_rviz_config_shows_the_outputs():
+    config = yaml.safe_load(RVIZ.read_text())
+    manager = config["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"
+    displays = {(d["Class"], d.get("Topic", {}).get("Value")) for d in manager["Displays"]}
+    assert ("rviz_default_plugins/Image", "/saliency/overlay") in displays
+    assert ("rviz_default_plugins/Image", "/saliency/mask") in displays
+    assert ("rviz_default_plugins/MarkerArray", "/saliency/markers") in displays
+    markers = next(d for d in manager["Displays"] if d["Class"] == "rviz_default_plugins/MarkerArray")
+    assert set(markers["Namespaces"]) == {"saliency_boxes", "saliency_labels"}
+
+
+# -- with launch_ros (a ROS 2 installation) ------------------------------------------------
+
+def _node_actions(path: Path, arguments: dict[str, str]):
+    """Resolve a launch file's OpaqueFunction with ``arguments`` and return its Node actions."""
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+    from launch_ros.actions import Node
+
+    description = get_launch_description_from_python_launch_file(str(path))
+    context = LaunchContext()
+    context.launch_configurations.update(arguments)
+    nodes = []
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            entity.visit(context)  # fills defaults not given in ``arguments``
+        elif isinstance(entity, OpaqueFunction):
+            nodes += [e for e in entity.visit(context) or [] if isinstance(e, Node)]
+    return nodes, context
+
+
+def test_realsense_launch_resolves_nodes_and_remappings():
+    pytest.importorskip("launch_ros")
+    nodes, context = _node_actions(LAUNCH["realsense"], {"camera_namespace": "cam_ns", "camera_name": "d435",
+                                                          "rviz": "true"})
+    executables = [n.node_executable for n in nodes]
+    assert executables == ["realsense2_camera_node", "saliency_node", "rviz2"]
+    saliency = nodes[1]
+    saliency._perform_substitutions(context)
+    remaps = dict(saliency.expanded_remapping_rules)
+    assert remaps == {"rgb/image": "/cam_ns/d435/color/image_raw",
+                      "depth/image": "/cam_ns/d435/aligned_depth_to_color/image_raw",
+                      "rgb/camera_info": "/cam_ns/d435/color/camera_info"}
+
+
+def test_saliency_launch_starts_the_node():
+    pytest.importorskip("launch_ros")
+    import rclpy
+    from launch import LaunchDescription, LaunchService
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    domain = 1 + (os.getpid() + 50) % 100
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    service = LaunchService()
+    service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(LAUNCH["saliency"])),
+        launch_arguments={"preset": "test", "namespace": "launch_test"}.items())]))
+    found = threading.Event()
+
+    def probe() -> None:
+        """Look for the node in the graph, then end the launch (LaunchService.shutdown is thread-safe)."""
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=domain)
+        try:
+            node = rclpy.create_node("launch_probe", context=context)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not found.is_set():
+                if ("m4sam_saliency", "/launch_test") in node.get_node_names_and_namespaces():
+                    found.set()
+                time.sleep(0.5)
+        finally:
+            rclpy.try_shutdown(context=context)
+            service.shutdown()
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    code = service.run()  # the main thread: launch installs signal handlers
+    prober.join(timeout=30)
+    assert found.is_set(), "saliency.launch.py did not bring up /launch_test/m4sam_saliency within 60 s"
+    assert code == 0
