@@ -1,0 +1,186 @@
+"""``m4sam_player``: publish an RGB-D video as a camera would (RGB, depth, camera_info).
+
+Replays a folder in any layout ``m4sam_ros.learn.datasets`` reads (generic
+``<root>/<video>/{rgb,depth,gt}/<frame>.png``, RDVS, ViDSOD-100, DViSal), or a generated
+synthetic stream, at a chosen rate, with fresh stamps, so the saliency node can be run
+without a camera. Depth goes out as 16UC1 millimetres when stored as 16-bit; an 8-bit
+benchmark depth PNG has no metric scale, so it goes out as 32FC1 metres chosen so that the
+node's one normalisation (``m4sam_ros.depth``) gives back exactly the stored values.
+
+    m4sam_player --synthetic --rate 15
+    m4sam_player --root data/RDVS --layout rdvs --video bear --rate 10 --loop
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from m4sam_ros.depth import DepthConfig
+from m4sam_ros.postprocess import CameraIntrinsics
+from m4sam_ros.ros.conversions import image_msg, stamp_seconds
+
+
+@dataclass
+class PlayerFrame:
+    """One frame to publish. depth: uint16 mm, float32 m, uint8 benchmark PNG, or None (dropped)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray | None
+    intrinsics: CameraIntrinsics
+
+
+def default_intrinsics(width: int, height: int) -> CameraIntrinsics:
+    """A ~58 degree horizontal field of view, as the synthetic generator and most RGB-D cameras."""
+    return CameraIntrinsics(fx=0.9 * width, fy=0.9 * width, cx=(width - 1) / 2, cy=(height - 1) / 2)
+
+
+def benchmark_depth_to_metres(depth: np.ndarray, config: DepthConfig = DepthConfig()) -> np.ndarray:
+    """Invert the normalisation for an 8-bit near-is-bright PNG; 0 (unknown) becomes a hole (NaN)."""
+    level = depth.astype(np.float32) / 255.0
+    nearness = level if config.near_is_bright else 1.0 - level
+    metres = config.max_m - nearness * (config.max_m - config.min_m)
+    metres[depth == 0] = np.nan
+    return metres
+
+
+def camera_info(header: Header, k: CameraIntrinsics, width: int, height: int) -> CameraInfo:
+    return CameraInfo(header=header, width=width, height=height, distortion_model="plumb_bob",
+                      d=[0.0] * 5, k=[k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0],
+                      r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                      p=[k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+class CameraPublishers:
+    """The three publishers of an RGB-D camera with depth aligned to colour."""
+
+    def __init__(self, node: Node, frame_id: str = "camera_color_optical_frame", reliable: bool = True) -> None:
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        self.node = node
+        self.frame_id = frame_id
+        self.rgb = node.create_publisher(Image, "rgb/image", qos)
+        self.depth = node.create_publisher(Image, "depth/image", qos)
+        self.info = node.create_publisher(CameraInfo, "rgb/camera_info", qos)
+
+    def publish(self, frame: PlayerFrame) -> float:
+        """Publish one frame stamped now; returns the stamp in seconds."""
+        header = Header(stamp=self.node.get_clock().now().to_msg(), frame_id=self.frame_id)
+        height, width = frame.rgb.shape[:2]
+        self.info.publish(camera_info(header, frame.intrinsics, width, height))
+        self.rgb.publish(image_msg(header, frame.rgb, "rgb8"))
+        if frame.depth is not None:
+            depth = frame.depth
+            if depth.dtype == np.uint8:
+                depth = benchmark_depth_to_metres(depth)
+            self.depth.publish(image_msg(header, depth, "16UC1" if depth.dtype == np.uint16 else "32FC1"))
+        return stamp_seconds(header.stamp)
+
+
+def synthetic_frames(width: int, height: int, frames: int, seed: int) -> Iterator[PlayerFrame]:
+    from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
+
+    for f in generate_video(SyntheticConfig(height=height, width=width, frames=frames, seed=seed)):
+        yield PlayerFrame(f.rgb, f.depth_mm, f.intrinsics)
+
+
+def folder_frames(root: str, layout: str, split: str | None, video: str | None) -> Iterator[PlayerFrame]:
+    from m4sam_ros.learn.datasets import open_dataset, read_depth, read_rgb
+
+    dataset = open_dataset(root, layout=layout, split=split, videos=[video] if video else None)
+    dataset.raise_on_errors()
+    for record in dataset.videos:
+        for frame in record.frames:
+            rgb = read_rgb(frame.rgb)
+            depth = read_depth(frame.depth) if frame.depth is not None else None
+            yield PlayerFrame(rgb, depth, default_intrinsics(rgb.shape[1], rgb.shape[0]))
+
+
+class PlayerNode(Node):
+    """Publishes frames from a source on a timer; stops (or loops) at the end."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__("m4sam_player")
+        self.args = args
+        self.camera = CameraPublishers(self, frame_id=args.frame_id, reliable=not args.best_effort)
+        self.frames = self._source()
+        self.published = 0
+        self.done = False
+        self.create_timer(1.0 / args.rate, self._tick)
+        self.get_logger().info(f"playing {'synthetic video' if args.synthetic else args.root} at {args.rate:g} Hz")
+
+    def _source(self) -> Iterator[PlayerFrame]:
+        a = self.args
+        if a.synthetic:
+            return synthetic_frames(a.width, a.height, a.frames, a.seed)
+        return folder_frames(a.root, a.layout, a.split, a.video)
+
+    def _tick(self) -> None:
+        frame = next(self.frames, None)
+        if frame is None and self.args.loop and self.published:
+            self.frames = self._source()
+            frame = next(self.frames, None)
+        if frame is None:
+            self.done = True
+            return
+        self.camera.publish(frame)
+        self.published += 1
+        if self.published % 100 == 0:
+            self.get_logger().info(f"{self.published} frames published")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m4sam_player", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--synthetic", action="store_true", help="play a generated RGB-D video")
+    source.add_argument("--root", help="dataset folder to replay")
+    parser.add_argument("--layout", default="auto", help="auto, generic, rdvs, vidsod100, dvisal")
+    parser.add_argument("--split", default=None, help="dataset split (RDVS/ViDSOD-100: train/test)")
+    parser.add_argument("--video", default=None, help="only this video of the dataset")
+    parser.add_argument("--rate", type=float, default=15.0, help="frames per second")
+    parser.add_argument("--loop", action="store_true", help="start over at the end")
+    parser.add_argument("--frame-id", default="camera_color_optical_frame", help="header.frame_id")
+    parser.add_argument("--best-effort", action="store_true", help="BEST_EFFORT instead of RELIABLE QoS")
+    parser.add_argument("--width", type=int, default=320, help="synthetic: image width")
+    parser.add_argument("--height", type=int, default=240, help="synthetic: image height")
+    parser.add_argument("--frames", type=int, default=300, help="synthetic: video length")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = rclpy.utilities.remove_ros_args(list(sys.argv if argv is None else ["m4sam_player", *argv]))
+    args = build_parser().parse_args(args_in[1:])
+    if args.rate <= 0:
+        print("m4sam_player: --rate must be > 0", file=sys.stderr)
+        return 2
+    rclpy.init(args=None if argv is None else list(argv))
+    node = None
+    try:
+        node = PlayerNode(args)
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        node.get_logger().info(f"done: {node.published} frames published")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as error:  # unreadable dataset: the reader names the file
+        print(f"m4sam_player: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
