@@ -1,0 +1,272 @@
+"""M4-SAM: SAM2 with a modality-aware MoE-LoRA encoder and gated RGB-D fusion.
+
+``M4SAM`` *is* a ``SAM2Base`` (so the frozen parts keep SAM2's state-dict keys and an
+official checkpoint loads strictly) with two trainable additions:
+``moe_lora`` (MoE-LoRA experts hooked into every Hiera block) and ``fusion``
+(gated multi-level RGB-D fusion). The model is split the way it runs:
+
+* ``encode(rgb, depth, modality_present)`` - the heavy, stateless part (Hiera + adapters +
+  FPN + fusion + SAM2's high-res projections). Tensors in, tensors out; also ``forward``,
+  so it exports to ONNX / TensorRT as is.
+* ``condition_on_memory`` / ``decode`` / ``mask_as_output`` / ``encode_memory`` - the light, stateful part,
+  delegating to SAM2Base's own methods; the memory bank is owned by the caller (the
+  tracker) and passed in explicitly as a ``MemoryView``.
+
+Pseudo-guided initialisation (no prompts ever): ``condition_on_memory(frame, None)`` gives
+SAM2's no-memory features, ``decode`` runs the mask decoder with SAM2's padding point
+(label -1) as the only sparse prompt, and the coarse mask is encoded as the conditioning
+frame. In zero-shot mode a pseudo-prior mask goes through ``mask_as_output`` instead
+(SAM2.1's mask-as-output path).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from sam2.modeling.backbones.hieradet import Hiera
+from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
+from sam2.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer
+from sam2.modeling.memory_encoder import CXBlock, Fuser, MaskDownSampler, MemoryEncoder
+from sam2.modeling.position_encoding import PositionEmbeddingSine
+from sam2.modeling.sam.transformer import RoPEAttention
+from sam2.modeling.sam2_base import SAM2Base
+
+from m4sam_ros.model.config import M4SAMConfig, preset_config
+from m4sam_ros.model.fusion import GatedMultiLevelFusion
+from m4sam_ros.model.moe_lora import attach_moe_lora
+
+# The only submodules that train; everything else is frozen SAM2.
+TRAINABLE_PREFIXES = ("moe_lora.", "fusion.")
+# Normalisation the tracker, training and evaluation share: RGB and 3-channel depth alike.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_FPN_LEVELS = 3  # strides 4, 8, 16 (SAM2's scalp=1 drops stride 32)
+
+
+class EncodedFrame(NamedTuple):
+    """Output of ``M4SAM.encode`` (B frames, image size S, C = d_model)."""
+
+    image_embed: torch.Tensor  # (B, C, S/16, S/16) fused stride-16 features
+    high_res_s4: torch.Tensor  # (B, C/8, S/4, S/4) after SAM2's conv_s0
+    high_res_s8: torch.Tensor  # (B, C/4, S/8, S/8) after SAM2's conv_s1
+    pos_enc: torch.Tensor  # (B, C, S/16, S/16) sine position encoding of image_embed
+
+
+class DecoderOutput(NamedTuple):
+    """Output of ``M4SAM.decode`` (the best of SAM2's multimask outputs)."""
+
+    low_res_logits: torch.Tensor  # (B, 1, S/4, S/4)
+    high_res_logits: torch.Tensor  # (B, 1, S, S)
+    obj_ptr: torch.Tensor  # (B, C) object pointer for the memory bank
+    object_score_logits: torch.Tensor  # (B, 1) object presence (> 0: present)
+
+
+@dataclass
+class MemoryView:
+    """The memory bank in SAM2's own layout, for ``_prepare_memory_conditioned_features``.
+
+    frame_index: index of the current frame; output_dict: {"cond_frame_outputs": {t: out},
+    "non_cond_frame_outputs": {t: out}} with out = {"maskmem_features", "maskmem_pos_enc",
+    "obj_ptr"}; num_frames: stream length as SAM2 sees it (bounds pointer look-back).
+    """
+
+    frame_index: int
+    output_dict: dict
+    num_frames: int
+
+
+def _sam2_modules(config: M4SAMConfig) -> dict:
+    """SAM2Base constructor arguments equal to the sam2.1 (or 2.0) yaml of the preset."""
+    c = config
+    trunk = Hiera(embed_dim=c.embed_dim, num_heads=c.num_heads, stages=c.stages,
+                  global_att_blocks=c.global_att_blocks, window_spec=c.window_spec,
+                  window_pos_embed_bkg_spatial_size=c.window_pos_embed_bkg_spatial_size)
+    neck = FpnNeck(position_encoding=PositionEmbeddingSine(num_pos_feats=c.d_model, normalize=True, scale=None,
+                                                           temperature=10000, image_size=c.image_size),
+                   d_model=c.d_model, backbone_channel_list=c.backbone_channel_list,
+                   fpn_top_down_levels=[2, 3], fpn_interp_model="nearest")
+    feat_sizes = (c.image_size // 16, c.image_size // 16)
+    layer = MemoryAttentionLayer(
+        activation="relu", dim_feedforward=c.memory_attention_ffn, dropout=0.1, pos_enc_at_attn=False,
+        self_attention=RoPEAttention(rope_theta=10000.0, feat_sizes=feat_sizes, embedding_dim=c.d_model,
+                                     num_heads=1, downsample_rate=1, dropout=0.1),
+        d_model=c.d_model, pos_enc_at_cross_attn_keys=True, pos_enc_at_cross_attn_queries=False,
+        cross_attention=RoPEAttention(rope_theta=10000.0, feat_sizes=feat_sizes, rope_k_repeat=True,
+                                      embedding_dim=c.d_model, num_heads=1, downsample_rate=1, dropout=0.1,
+                                      kv_in_dim=c.mem_dim))
+    memory_encoder = MemoryEncoder(
+        out_dim=c.mem_dim, in_dim=c.d_model,
+        position_encoding=PositionEmbeddingSine(num_pos_feats=c.mem_dim, normalize=True, scale=None,
+                                                temperature=10000, image_size=c.image_size),
+        mask_downsampler=MaskDownSampler(embed_dim=c.d_model, kernel_size=3, stride=2, padding=1),
+        fuser=Fuser(CXBlock(dim=c.d_model, kernel_size=7, padding=3, layer_scale_init_value=1e-6, use_dwconv=True),
+                    num_layers=c.memory_fuser_layers))
+    v21 = c.sam2_version == "2.1"
+    return dict(
+        image_encoder=ImageEncoder(trunk=trunk, neck=neck, scalp=1),
+        memory_attention=MemoryAttention(d_model=c.d_model, pos_enc_at_input=True, layer=layer,
+                                         num_layers=c.memory_attention_layers),
+        memory_encoder=memory_encoder,
+        num_maskmem=c.num_maskmem, image_size=c.image_size,
+        sigmoid_scale_for_mem_enc=20.0, sigmoid_bias_for_mem_enc=-10.0,
+        use_mask_input_as_output_without_sam=True, directly_add_no_mem_embed=True,
+        no_obj_embed_spatial=v21, use_high_res_features_in_sam=True, multimask_output_in_sam=True,
+        iou_prediction_use_sigmoid=True, use_obj_ptrs_in_encoder=True,
+        max_obj_ptrs_in_encoder=c.max_obj_ptrs_in_encoder,
+        add_tpos_enc_to_obj_ptrs=v21, proj_tpos_enc_in_obj_ptrs=v21, use_signed_tpos_enc_to_obj_ptrs=v21,
+        only_obj_ptrs_in_the_past_for_eval=True, pred_obj_scores=True, pred_obj_scores_mlp=True,
+        fixed_no_obj_ptr=True, multimask_output_for_tracking=True, use_multimask_token_for_obj_ptr=True,
+        multimask_min_pt_num=0, multimask_max_pt_num=1, use_mlp_for_obj_ptr_proj=True,
+        # what sam2's build_sam2_video_predictor adds for streaming inference
+        sam_mask_decoder_extra_args=dict(dynamic_multimask_via_stability=True, dynamic_multimask_stability_delta=0.05,
+                                         dynamic_multimask_stability_thresh=0.98),
+        compile_image_encoder=False,
+    )
+
+
+def modality_dropout(modality_present: torch.Tensor, p_drop_depth: float, p_drop_rgb: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time modality dropout: per sample, drop depth with p_drop_depth, else RGB with
+    p_drop_rgb; never drops the only present modality. (B, 2) -> (B, 2)."""
+    u = torch.rand(modality_present.shape[0], generator=generator, device=modality_present.device)
+    has_rgb, has_depth = modality_present[:, 0] > 0, modality_present[:, 1] > 0
+    drop_depth = (u < p_drop_depth) & has_rgb
+    drop_rgb = (u >= p_drop_depth) & (u < p_drop_depth + p_drop_rgb) & has_depth
+    keep = torch.stack([~drop_rgb, ~drop_depth], dim=1).to(modality_present.dtype)
+    return modality_present * keep
+
+
+class M4SAM(SAM2Base):
+    """SAM2 + modality-aware MoE-LoRA + gated multi-level fusion (see module docstring)."""
+
+    def __init__(self, config: M4SAMConfig):
+        super().__init__(**_sam2_modules(config))
+        self.config = config
+        self.moe_lora, self._hook_handles = attach_moe_lora(self.image_encoder.trunk.blocks, config)
+        self.fusion = GatedMultiLevelFusion(config.d_model, _FPN_LEVELS, config.fusion_kernel_size,
+                                            config.fusion_gate_init_bias, config.topdown_gate_init_bias)
+        self.adapter_file: str | None = None  # set by checkpoint.load_adapter
+        self.freeze_sam2()
+
+    def freeze_sam2(self) -> None:
+        """Only the adapters and the fusion train; SAM2 stays as pretrained."""
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(name.startswith(TRAINABLE_PREFIXES))
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+
+    def frozen_keys(self) -> list[str]:
+        """State-dict keys of the frozen SAM2 part (what an official checkpoint must hold)."""
+        return [k for k in self.state_dict() if not k.startswith(TRAINABLE_PREFIXES)]
+
+    # ---- stateless part (exported) -------------------------------------------------------
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, modality_present: torch.Tensor) -> EncodedFrame:
+        """Same as ``encode`` (so ``torch.onnx.export(model, (rgb, depth, present))`` works)."""
+        return self.encode(rgb, depth, modality_present)
+
+    def encode(self, rgb: torch.Tensor, depth: torch.Tensor, modality_present: torch.Tensor) -> EncodedFrame:
+        """Encode B RGB-D frames.
+
+        rgb: (B, 3, S, S) float, ImageNet-normalised RGB.
+        depth: (B, 3, S, S) float, normalised depth repeated to 3 channels, ImageNet-normalised.
+        modality_present: (B, 2) float {0, 1} = [rgb present, depth present]; an absent
+            modality's input is zeroed and the fusion gate takes the present one.
+        Returns EncodedFrame(image_embed (B, C, S/16, S/16), high_res_s4 (B, C/8, S/4, S/4),
+        high_res_s8 (B, C/4, S/8, S/8), pos_enc (B, C, S/16, S/16)).
+        """
+        size = self.config.image_size
+        if rgb.dim() != 4 or rgb.shape[1:] != (3, size, size) or depth.shape != rgb.shape:
+            raise ValueError(f"encode expects rgb and depth of shape (B, 3, {size}, {size}), "
+                             f"got {tuple(rgb.shape)} and {tuple(depth.shape)}")
+        if modality_present.shape != (rgb.shape[0], 2):
+            raise ValueError(f"modality_present must be (B, 2) = [rgb, depth] per sample, "
+                             f"got {tuple(modality_present.shape)}")
+        present = modality_present.to(rgb.dtype)
+        if self.training:
+            present = modality_dropout(present, *self.config.modality_dropout)
+        batch = rgb.shape[0]
+        # one batch of two modalities through the shared encoder: B RGB, then B depth
+        pair = torch.cat([rgb * present[:, 0, None, None, None],
+                          depth * present[:, 1, None, None, None]])  # (2B, 3, S, S)
+        backbone = self.image_encoder(pair)
+        levels = backbone["backbone_fpn"]  # [(2B, C, S/4, S/4), (2B, C, S/8, S/8), (2B, C, S/16, S/16)]
+        fused = self.fusion([f[:batch] for f in levels], [f[batch:] for f in levels], present)
+        return EncodedFrame(
+            image_embed=fused[2],
+            high_res_s4=self.sam_mask_decoder.conv_s0(fused[0]),
+            high_res_s8=self.sam_mask_decoder.conv_s1(fused[1]),
+            pos_enc=backbone["vision_pos_enc"][-1][:batch],
+        )
+
+    # ---- stateful part (memory passed in by the caller) -----------------------------------
+    @staticmethod
+    def _tokens(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).permute(2, 0, 1)  # (B, C, H, W) -> (HW, B, C)
+
+    def condition_on_memory(self, frame: EncodedFrame, memory: MemoryView | None) -> torch.Tensor:
+        """Memory attention: image_embed attends to the bank; None = first frame (no-memory
+        embedding). Returns (B, C, S/16, S/16)."""
+        size = tuple(frame.image_embed.shape[-2:])
+        empty = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        return self._prepare_memory_conditioned_features(
+            frame_idx=0 if memory is None else memory.frame_index,
+            is_init_cond_frame=memory is None,
+            current_vision_feats=[self._tokens(frame.image_embed)],
+            current_vision_pos_embeds=[self._tokens(frame.pos_enc)],
+            feat_sizes=[size],
+            output_dict=empty if memory is None else memory.output_dict,
+            num_frames=1 if memory is None else memory.num_frames,
+        )
+
+    def decode(self, pix_feat: torch.Tensor, frame: EncodedFrame, is_init_frame: bool) -> DecoderOutput:
+        """Prompt-free mask decoding of memory-conditioned features ``pix_feat`` (B, C, S/16, S/16):
+        the only sparse prompt is SAM2's padding point (label -1); best of SAM2's multimask outputs."""
+        out = self._forward_sam_heads(backbone_features=pix_feat, point_inputs=None, mask_inputs=None,
+                                      high_res_features=[frame.high_res_s4, frame.high_res_s8],
+                                      multimask_output=self._use_multimask(is_init_frame, None))
+        _, _, _, low_res, high_res_logits, obj_ptr, object_score_logits = out
+        return DecoderOutput(low_res, high_res_logits, obj_ptr, object_score_logits)
+
+    def mask_as_output(self, frame: EncodedFrame, mask: torch.Tensor) -> DecoderOutput:
+        """Zero-shot conditioning frame: SAM2.1's mask-as-output path. ``mask`` (B, 1, S, S) in
+        {0, 1} becomes the output (logits +-10) and the decoder only makes its object pointer."""
+        out = self._use_mask_as_output(frame.image_embed, [frame.high_res_s4, frame.high_res_s8], mask)
+        _, _, _, low_res, high_res_logits, obj_ptr, object_score_logits = out
+        return DecoderOutput(low_res, high_res_logits, obj_ptr, object_score_logits)
+
+    def encode_memory(self, frame: EncodedFrame, decoded: DecoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory encoder on the frame's own (unconditioned) features and its mask ->
+        (maskmem_features (B, mem_dim, S/16, S/16), maskmem_pos_enc (same shape))."""
+        features, pos = self._encode_new_memory(
+            current_vision_feats=[self._tokens(frame.image_embed)], feat_sizes=[tuple(frame.image_embed.shape[-2:])],
+            pred_masks_high_res=decoded.high_res_logits, object_score_logits=decoded.object_score_logits,
+            is_mask_from_pts=False)
+        return features, pos[-1]
+
+
+def build_m4sam(preset: str = "test", image_size: int = 512, seed: int | None = None, **overrides) -> M4SAM:
+    """Build M4-SAM from a preset (``hiera_t``, ``hiera_s``, ``hiera_b+``, ``hiera_l``, ``test``),
+    in eval mode with SAM2 frozen. ``seed`` makes the random init reproducible without
+    touching the caller's global RNG."""
+    config = preset_config(preset, image_size=image_size, **overrides)
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = M4SAM(config)
+    return model.eval()
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable / frozen / total parameter counts, with the trainable part split."""
+    counts = {"trainable": 0, "frozen": 0, "moe_lora": 0, "fusion": 0}
+    for name, parameter in model.named_parameters():
+        counts["trainable" if parameter.requires_grad else "frozen"] += parameter.numel()
+        for part in ("moe_lora", "fusion"):
+            if name.startswith(part + "."):
+                counts[part] += parameter.numel()
+    counts["total"] = counts["trainable"] + counts["frozen"]
+    return counts

@@ -1,0 +1,127 @@
+"""Checkpoint I/O: official-format SAM2 checkpoints (strict), adapter files, bad files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m4sam_ros.model import (CheckpointError, build_m4sam, load_adapter, load_sam2_checkpoint, read_adapter_config,
+                             save_adapter)
+from m4sam_ros.model.m4sam import TRAINABLE_PREFIXES
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models on a shared 2-core machine: extra intra-op threads only contend (40x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def hiera_t_checkpoint(tmp_path_factory):
+    """An official-format checkpoint of the REAL hiera_t architecture (random weights)."""
+    source = build_m4sam("hiera_t", image_size=128, seed=1)
+    state = {k: v for k, v in source.state_dict().items() if k in set(source.frozen_keys())}
+    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": state}, path)
+    return path, state
+
+
+def test_official_checkpoint_loads_strictly(hiera_t_checkpoint):
+    path, state = hiera_t_checkpoint
+    model = build_m4sam("hiera_t", image_size=128, seed=2)
+    assert not torch.equal(model.state_dict()["no_mem_embed"], state["no_mem_embed"])
+    load_sam2_checkpoint(model, path)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    # the hiera_t model runs after loading: encode a frame at 128 px
+    with torch.no_grad():
+        out = model.encode(torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128), torch.ones(1, 2))
+    assert out.image_embed.shape == (1, 256, 8, 8) and torch.isfinite(out.image_embed).all()
+
+
+def test_checkpoint_with_wrong_keys_names_them(hiera_t_checkpoint, tmp_path):
+    _, state = hiera_t_checkpoint
+    broken = dict(state)
+    broken["no_mem_embedding"] = broken.pop("no_mem_embed")
+    path = tmp_path / "renamed.pt"
+    torch.save({"model": broken}, path)
+    model = build_m4sam("hiera_t", image_size=128)
+    with pytest.raises(CheckpointError, match=r"missing keys: no_mem_embed\b.*unexpected keys: no_mem_embedding"):
+        load_sam2_checkpoint(model, path)
+
+
+def test_checkpoint_of_another_preset_is_refused(tmp_path):
+    other = build_m4sam("test", image_size=SIZE, embed_dim=16)
+    path = tmp_path / "other.pt"
+    torch.save({"model": {k: other.state_dict()[k] for k in other.frozen_keys()}}, path)
+    model = build_m4sam("test", image_size=SIZE)
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_sam2_checkpoint(model, path)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a checkpoint", None])
+def test_corrupt_files_raise_clear_errors(tmp_path, hiera_t_checkpoint, content):
+    path = tmp_path / "bad.pt"
+    if content is None:  # truncated real checkpoint
+        data = hiera_t_checkpoint[0].read_bytes()
+        content = data[: len(data) // 3]
+    path.write_bytes(content)
+    model = build_m4sam("test", image_size=SIZE)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_sam2_checkpoint(model, path)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_adapter(model, path)
+
+
+def test_wrong_payloads_are_refused(tmp_path):
+    model = build_m4sam("test", image_size=SIZE)
+    not_dict = tmp_path / "list.pt"
+    torch.save([1, 2, 3], not_dict)
+    with pytest.raises(CheckpointError, match="expected a dict with a 'model' state dict"):
+        load_sam2_checkpoint(model, not_dict)
+    adapter = save_adapter(model, tmp_path / "adapter.pt")
+    with pytest.raises(CheckpointError, match="adapter file, not a SAM2 checkpoint"):
+        load_sam2_checkpoint(model, adapter)
+    sam2_file = tmp_path / "sam2.pt"
+    torch.save({"model": {k: model.state_dict()[k] for k in model.frozen_keys()}}, sam2_file)
+    with pytest.raises(CheckpointError, match="looks like a SAM2 checkpoint"):
+        load_adapter(model, sam2_file)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_sam2_checkpoint(model, tmp_path / "missing.pt")
+
+
+def test_adapter_round_trip(tmp_path):
+    trained = build_m4sam("test", image_size=SIZE, seed=0)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if name.startswith(TRAINABLE_PREFIXES):
+                p.add_(torch.randn_like(p) * 0.1)
+    path = save_adapter(trained, tmp_path / "adapter.pt")
+    payload = torch.load(path, weights_only=True)
+    assert set(payload["state_dict"]) == set(trained.trainable_state_dict())  # trainable tensors only
+    assert read_adapter_config(path) == trained.config
+
+    fresh = build_m4sam("test", image_size=SIZE, seed=0)  # same frozen weights, fresh adapters
+    inputs = (torch.randn(1, 3, SIZE, SIZE), torch.randn(1, 3, SIZE, SIZE), torch.ones(1, 2))
+    with torch.no_grad():
+        before = fresh.encode(*inputs).image_embed
+        load_adapter(fresh, path)
+        after, want = fresh.encode(*inputs).image_embed, trained.encode(*inputs).image_embed
+    assert fresh.adapter_file == str(path)
+    assert not torch.equal(before, want)
+    assert torch.equal(after, want)
+
+
+def test_adapter_loads_at_another_image_size(tmp_path):
+    path = save_adapter(build_m4sam("test", image_size=SIZE), tmp_path / "adapter.pt")
+    load_adapter(build_m4sam("test", image_size=128), path)  # input size is a runtime setting
+
+
+def test_adapter_with_mismatched_config_is_refused(tmp_path):
+    path = save_adapter(build_m4sam("test", image_size=SIZE, lora_rank=4), tmp_path / "rank4.pt")
+    with pytest.raises(CheckpointError, match=r"lora_rank: model=2, file=4"):
+        load_adapter(build_m4sam("test", image_size=SIZE), path)
