@@ -14,6 +14,8 @@ from collections.abc import Sequence
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("m4sam_ros.ros.demo", "run the node on a generated RGB-D stream and report FPS and accuracy"),
+    "train": ("m4sam_ros.learn.train", "train M4-SAM adapters (MoE-LoRA + fusion) on RGB-D video clips"),
+    "eval": ("m4sam_ros.learn.evaluate", "score a model on an RGB-D VSOD dataset through the SaliencyTracker"),
 }
 
 

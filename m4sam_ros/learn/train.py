@@ -1,0 +1,513 @@
+"""Train M4-SAM's adapters (MoE-LoRA + fusion) on RGB-D video clips, SAM2 frozen.
+
+Each clip runs the way the tracker runs a stream: frame 0 is the prompt-free
+initialisation (no memory; its coarse mask is encoded as the conditioning frame), later
+frames attend to the memory bank (the tracker's own ``MemoryBank``) and feed it. Losses
+(BCE + soft IoU on the mask logits, BCE on the object score) are summed over the frames
+that have ground truth, and gradients flow back through the memory.
+
+Settings: dataclass defaults < ``--config file.yaml`` < explicit flags (see ``--help``).
+Outputs in ``out_dir``: ``checkpoint.pt`` (exact resume: trainable tensors, optimiser,
+scheduler, grad scaler, RNG states, step), ``train_log.csv``, ``loss_curve.png``, the
+adapter file (model.checkpoint format) and, with ``--train-all``, the trained SAM2 part
+as an official-format checkpoint (``{"model": state_dict}``) that ``--sam2-checkpoint``
+loads. Clips are a pure function of (seed, draw index), so resuming needs no data state.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from m4sam_ros.learn.batching import ClipBatch, collate_clips
+from m4sam_ros.learn.clips import ClipSampler
+from m4sam_ros.learn.datasets import LAYOUTS, DatasetError, VideoRecord, open_dataset
+from m4sam_ros.learn.losses import LossWeights, frame_losses
+from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
+from m4sam_ros.learn.synthetic import SyntheticConfig, write_dataset
+from m4sam_ros.model.checkpoint import CheckpointError, load_adapter, load_sam2_checkpoint, save_adapter
+from m4sam_ros.model.config import PRESETS
+from m4sam_ros.model.m4sam import M4SAM, DecoderOutput, build_m4sam
+from m4sam_ros.tracker import MemoryBank, MemoryEntry
+
+LOG = logging.getLogger("m4sam.train")
+CHECKPOINT_FORMAT = "m4sam-train-checkpoint"
+CHECKPOINT_VERSION = 1
+LOG_COLUMNS = ("step", "lr", "loss", "bce", "iou", "object", "grad_norm", "clips_per_s", "elapsed_s")
+# Settings that may change between a run and its resume without breaking exactness.
+_RESUMABLE_CHANGES = {"resume", "checkpoint_every", "progress", "threads", "out_dir", "adapter_out", "sam2_weights_out",
+                      "val_data", "val_layout", "val_split", "val_videos", "steps"}
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (see each field's help)."""
+
+    # model
+    preset: str = field(default="test", metadata=_help("model preset", choices=sorted(PRESETS)))
+    image_size: int = field(default=512, metadata=_help("model input size (multiple of 32)"))
+    sam2_checkpoint: str | None = field(default=None, metadata=_help(
+        "official SAM2/SAM2.1 checkpoint for the frozen part (required unless preset 'test' or --train-all)"))
+    init_adapter: str | None = field(default=None, metadata=_help("adapter file to start from (fine-tuning)"))
+    train_all: bool = field(default=False, metadata=_help(
+        "DEMO ONLY: train ALL parameters (SAM2 too), for a small preset without a SAM2 checkpoint"))
+    seed: int = field(default=0, metadata=_help("seed of model init, clip draws, dropout"))
+    # data
+    data: str | None = field(default=None, metadata=_help("dataset root; none = generate synthetic videos"))
+    layout: str = field(default="auto", metadata=_help("dataset layout", choices=list(LAYOUTS)))
+    split: str = field(default="train", metadata=_help("dataset split (train/test; DViSal: split-list name)"))
+    depth_folder: str | None = field(default=None, metadata=_help("depth sub-folder override (RDVS: SyntheticDepth)"))
+    synthetic_videos: int = field(default=8, metadata=_help("synthetic training videos (when --data is none)"))
+    synthetic_frames: int = field(default=24, metadata=_help("frames per synthetic video"))
+    synthetic_height: int = field(default=96, metadata=_help("synthetic frame height"))
+    synthetic_width: int = field(default=128, metadata=_help("synthetic frame width"))
+    synthetic_missing_depth_prob: float = field(default=0.05, metadata=_help("synthetic frames with dropped depth"))
+    clip_length: int = field(default=4, metadata=_help("frames per clip (frame 0 = conditioning frame)"))
+    clip_stride: int = field(default=1, metadata=_help("frame step inside a clip"))
+    flip_prob: float = field(default=0.5, metadata=_help("probability of mirroring a clip"))
+    num_memory_frames: int = field(default=6, metadata=_help("recent frames in the memory bank (as the tracker)"))
+    # optimisation
+    steps: int = field(default=1000, metadata=_help("optimizer steps"))
+    batch_size: int = field(default=1, metadata=_help("clips per micro-batch"))
+    accumulate: int = field(default=1, metadata=_help("micro-batches per optimizer step (gradient accumulation)"))
+    lr: float = field(default=1e-4, metadata=_help("peak learning rate (AdamW)"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (not on biases and norms)"))
+    warmup_steps: int = field(default=50, metadata=_help("linear warm-up steps, then cosine decay"))
+    min_lr_ratio: float = field(default=0.05, metadata=_help("final learning rate / peak"))
+    grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (0 = off)"))
+    bce_weight: float = field(default=1.0, metadata=_help("weight of the pixel BCE loss"))
+    iou_weight: float = field(default=1.0, metadata=_help("weight of the soft IoU loss"))
+    object_weight: float = field(default=0.1, metadata=_help("weight of the object-score BCE loss"))
+    amp: str = field(default="auto", metadata=_help(
+        "mixed precision: auto = fp16 + GradScaler on CUDA, off on CPU", choices=["auto", "off", "bf16", "fp16"]))
+    device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N"))
+    threads: int = field(default=0, metadata=_help(
+        "CPU threads for torch (0 = torch's default); 1 is fastest for small presets on a busy machine"))
+    # output
+    out_dir: str = field(default="runs/train", metadata=_help("folder for checkpoint, log, curve, adapter"))
+    checkpoint_every: int = field(default=100, metadata=_help("save checkpoint.pt every N steps (0 = only at the end)"))
+    resume: str | None = field(default=None, metadata=_help(
+        "checkpoint to resume from; 'auto' = out_dir/checkpoint.pt if present"))
+    adapter_out: str | None = field(default=None, metadata=_help("adapter file to write (default out_dir/adapter.pt)"))
+    sam2_weights_out: str | None = field(default=None, metadata=_help(
+        "with --train-all: trained SAM2 part, official format (default out_dir/sam2_weights.pt)"))
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    # held-out evaluation at the end (through the SaliencyTracker)
+    val_data: str | None = field(default=None, metadata=_help("held-out dataset root for the final evaluation"))
+    val_layout: str = field(default="auto", metadata=_help("held-out dataset layout", choices=list(LAYOUTS)))
+    val_split: str = field(default="test", metadata=_help("held-out dataset split"))
+    val_videos: int = field(default=0, metadata=_help("synthetic held-out videos when --val-data is none (0 = no eval)"))
+
+    def __post_init__(self) -> None:
+        for name in ("sam2_checkpoint", "init_adapter", "data", "out_dir", "adapter_out", "sam2_weights_out", "val_data"):
+            if getattr(self, name):
+                setattr(self, name, os.path.expanduser(getattr(self, name)))
+        if self.resume and self.resume != "auto":
+            self.resume = os.path.expanduser(self.resume)
+        positive = ("image_size", "clip_length", "clip_stride", "steps", "batch_size", "accumulate", "synthetic_videos",
+                    "synthetic_frames", "num_memory_frames")
+        bad = {name: getattr(self, name) for name in positive if getattr(self, name) < 1}
+        if bad:
+            raise ValueError(f"TrainConfig fields must be >= 1: {bad}")
+        nonneg = ("threads", "warmup_steps", "checkpoint_every", "val_videos", "weight_decay", "grad_clip", "bce_weight",
+                  "iou_weight", "object_weight")
+        bad = {name: getattr(self, name) for name in nonneg if getattr(self, name) < 0}
+        if bad:
+            raise ValueError(f"TrainConfig fields must be >= 0: {bad}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.preset != "test" and not self.sam2_checkpoint and not self.train_all:
+            raise ValueError(f"preset {self.preset!r} needs --sam2-checkpoint (an official SAM2 checkpoint): adapters "
+                             "trained on a random SAM2 are useless; only the 'test' preset or --train-all may start random")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+    adapter: Path
+    sam2_weights: Path | None
+    checkpoint: Path
+    log_csv: Path
+    loss_curve: Path
+    evaluation: dict | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype, bool]:
+    """(autocast enabled, autocast dtype, use GradScaler)."""
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return False, torch.float32, False
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp fp16 needs CUDA (CPU autocast supports bf16: use --amp bf16)")
+    return True, (torch.float16 if amp == "fp16" else torch.bfloat16), amp == "fp16"
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``steps``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def synthetic_videos(root: Path, videos: int, config: TrainConfig, split_seed: int) -> list[VideoRecord]:
+    """Write (once) and index ``videos`` synthetic videos under ``root``."""
+    synth = SyntheticConfig(height=config.synthetic_height, width=config.synthetic_width,
+                            frames=config.synthetic_frames, missing_depth_prob=config.synthetic_missing_depth_prob)
+    marker = root / f".complete-{videos}-{split_seed}-{synth.height}x{synth.width}x{synth.frames}-{synth.missing_depth_prob}"
+    if not marker.exists():
+        write_dataset(root, videos, synth, split_seed=split_seed)
+        marker.touch()
+    dataset = open_dataset(root, layout="generic")
+    return [v for v in dataset.videos if v.name.startswith("synthetic_")][:videos]
+
+
+def build_model(config: TrainConfig) -> M4SAM:
+    """The model to train: seeded init, official SAM2 weights, optional starting adapter."""
+    model = build_m4sam(config.preset, image_size=config.image_size, seed=config.seed)
+    if config.sam2_checkpoint:
+        load_sam2_checkpoint(model, config.sam2_checkpoint)
+    elif not config.train_all:
+        LOG.warning("no --sam2-checkpoint: the frozen SAM2 part of preset %r is RANDOM (tests only)", config.preset)
+    if config.init_adapter:
+        load_adapter(model, config.init_adapter)
+    if config.train_all:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    return model
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [torch.from_numpy(a.astype(np.int64)) if isinstance(a, np.ndarray) else a
+                       for a in np.random.get_state()]}  # int64: weights_only-safe
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(tuple(a.numpy().astype(np.uint32) if isinstance(a, torch.Tensor) else a for a in state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def run_clip(model: M4SAM, batch: ClipBatch, num_memory_frames: int) -> Iterator[tuple[int, DecoderOutput]]:
+    """Stream B clips through the model as ``SaliencyTracker.step`` streams frames: frame 0 is
+    the prompt-free initialisation (no memory) and becomes the conditioning frame, later
+    frames attend to the tracker's ``MemoryBank``. Yields (t, decoder output of frame t)."""
+    bank = MemoryBank(num_memory_frames, model.num_maskmem, model.max_obj_ptrs_in_encoder)
+    for t in range(batch.rgb.shape[1]):
+        frame = model.encode(batch.rgb[:, t], batch.depth[:, t], batch.present[:, t])
+        pix_feat = model.condition_on_memory(frame, None if t == 0 else bank.view())
+        decoded = model.decode(pix_feat, frame, is_init_frame=t == 0)
+        features, pos_enc = model.encode_memory(frame, decoded)
+        entry = MemoryEntry(features, pos_enc, decoded.obj_ptr)
+        if t == 0:
+            bank.set_conditioning(entry)
+        else:
+            bank.add(entry)
+        yield t, decoded
+
+
+class Trainer:
+    """One training run: model, data, optimiser state and the loop (see module docstring)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.out_dir = Path(config.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)  # process-wide, like any torch thread setting
+        self.device = resolve_device(config.device)
+        self.autocast, self.amp_dtype, use_scaler = amp_settings(config.amp, self.device)
+        if config.train_all:
+            LOG.warning("=" * 78)
+            LOG.warning("--train-all: training ALL %s parameters, SAM2 included (NOT frozen).", config.preset)
+            LOG.warning("For the synthetic demo only; real training freezes SAM2 and trains adapters + fusion.")
+            LOG.warning("=" * 78)
+        self.model = build_model(config).to(self.device)
+        self.named_trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        decay = [p for p in self.named_trainable.values() if p.ndim > 1]
+        no_decay = [p for p in self.named_trainable.values() if p.ndim <= 1]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.weights = LossWeights(config.bce_weight, config.iou_weight, config.object_weight)
+        self.sampler = ClipSampler(self._training_videos(), config.clip_length, seed=config.seed,
+                                   stride=config.clip_stride, flip_prob=config.flip_prob)
+        self.step = 0
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        counts = sum(p.numel() for p in self.named_trainable.values())
+        LOG.info("training %d tensors (%d parameters) of preset %s at %d px on %s; %d clip windows; amp %s",
+                 len(self.named_trainable), counts, config.preset, config.image_size, self.device,
+                 self.sampler.windows, self.amp_dtype if self.autocast else "off")
+
+    def _training_videos(self) -> list[VideoRecord]:
+        config = self.config
+        if config.data is None:
+            return synthetic_videos(self.out_dir / "synthetic" / "train", config.synthetic_videos, config, config.seed)
+        dataset = open_dataset(config.data, config.layout, config.split, config.depth_folder)
+        for problem in dataset.problems:
+            LOG.warning("%s", problem)
+        dataset.raise_on_errors()
+        return dataset.videos
+
+    # ---- one clip ------------------------------------------------------------------------
+    def clip_loss(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
+        """Mean losses over the clip frames that have GT."""
+        sums = {k: torch.zeros((), device=self.device) for k in ("bce", "iou", "object", "total")}
+        for t, decoded in run_clip(self.model, batch, self.config.num_memory_frames):
+            losses = frame_losses(decoded.high_res_logits, decoded.object_score_logits, batch.gt[:, t], self.weights)
+            weight = batch.has_gt[:, t].float()  # (B,) frames without GT add nothing
+            for key in sums:
+                sums[key] = sums[key] + (losses[key] * weight).sum()
+        return {k: v / batch.has_gt.sum().clamp(min=1) for k, v in sums.items()}
+
+    def _micro_batch(self, micro_index: int) -> ClipBatch:
+        size = self.config.batch_size
+        clips = [self.sampler.load(self.sampler.clip(micro_index * size + b)) for b in range(size)]
+        return collate_clips(clips, self.config.image_size).to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``accumulate`` micro-batches."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {k: 0.0 for k in ("loss", "bce", "iou", "object")}
+        for micro in range(self.config.accumulate):
+            batch = self._micro_batch(self.step * self.config.accumulate + micro)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
+                losses = self.clip_loss(batch)
+            self.scaler.scale(losses["total"] / self.config.accumulate).backward()
+            for key, name in (("total", "loss"), ("bce", "bce"), ("iou", "iou"), ("object", "object")):
+                totals[name] += float(losses[key].detach()) / self.config.accumulate
+        self.scaler.unscale_(self.optimizer)
+        params = list(self.named_trainable.values())
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")  # inf: measure only
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        totals["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        totals["grad_norm"] = grad_norm
+        return totals
+
+    # ---- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
+                "config": dataclasses.asdict(self.config),
+                "trainable": {n: p.detach().cpu().clone() for n, p in self.named_trainable.items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _rng_state()}
+
+    def save_checkpoint(self, path: Path | None = None) -> Path:
+        """Atomic write (a crash mid-save leaves the previous checkpoint intact)."""
+        path = Path(path or self.out_dir / "checkpoint.pt")
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume checkpoint not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"{path} is not a readable training checkpoint: {type(error).__name__}: {error}") from error
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} is not an m4sam training checkpoint (adapter files cannot be resumed; "
+                                  "use --init-adapter to fine-tune from one)")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path} has training checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        saved, current = state["config"], dataclasses.asdict(self.config)
+        changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v and k not in _RESUMABLE_CHANGES}
+        if changed:
+            listed = "; ".join(f"{k}: checkpoint={a!r}, now={b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"cannot resume {path} exactly with different settings: {listed}")
+        missing = set(self.named_trainable) ^ set(state["trainable"])
+        if missing:
+            raise CheckpointError(f"{path} trainable tensors differ from this model's: {sorted(missing)[:8]}")
+        with torch.no_grad():
+            for name, parameter in self.named_trainable.items():
+                parameter.copy_(state["trainable"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        LOG.info("resumed %s at step %d", path, self.step)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        checkpoint_path = self.out_dir / "checkpoint.pt"
+        resume = config.resume
+        if resume == "auto":
+            resume = str(checkpoint_path) if checkpoint_path.exists() else None
+        if resume:
+            self.load_checkpoint(resume)
+        log_path = self.out_dir / "train_log.csv"
+        rows = _read_log(log_path, up_to_step=self.step) if resume else []
+        start, started = self.step, time.perf_counter()
+        clips_per_step = config.batch_size * config.accumulate
+        last = {"loss": float("nan")}
+        with open(log_path, "w", newline="") as handle, tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
+                                                              disable=not config.progress, dynamic_ncols=True) as bar:
+            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            while self.step < config.steps:
+                last = self.train_step()
+                elapsed = time.perf_counter() - started
+                rate = (self.step - start) * clips_per_step / max(elapsed, 1e-9)
+                values = {k: f"{last[k]:.6g}" for k in ("lr", "loss", "bce", "iou", "object", "grad_norm")}
+                writer.writerow({"step": self.step, **values, "clips_per_s": f"{rate:.3f}", "elapsed_s": f"{elapsed:.2f}"})
+                handle.flush()
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", clips_s=f"{rate:.2f}")
+                bar.update(1)
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_path)
+        self.save_checkpoint(checkpoint_path)
+        curve = plot_loss_curve(log_path, self.out_dir / "loss_curve.png")
+        adapter, sam2_weights = self.export_weights()
+        evaluation = self._evaluate()
+        seconds = time.perf_counter() - started
+        LOG.info("done: %d steps in %.1f s, last loss %.4f, adapter %s", self.step, seconds, last["loss"], adapter)
+        return TrainResult(self.step, float(last["loss"]), seconds, adapter, sam2_weights, checkpoint_path, log_path,
+                           curve, evaluation)
+
+    def export_weights(self) -> tuple[Path, Path | None]:
+        """The adapter file, and with --train-all the SAM2 part in official format."""
+        adapter = save_adapter(self.model, self.config.adapter_out or self.out_dir / "adapter.pt")
+        sam2_weights = None
+        if self.config.train_all:
+            sam2_weights = Path(self.config.sam2_weights_out or self.out_dir / "sam2_weights.pt")
+            sam2_weights.parent.mkdir(parents=True, exist_ok=True)
+            state = self.model.state_dict()
+            torch.save({"model": {k: state[k].detach().cpu().clone() for k in self.model.frozen_keys()}}, sam2_weights)
+            LOG.warning("--train-all: trained SAM2 weights written to %s (load with --sam2-checkpoint)", sam2_weights)
+        return adapter, sam2_weights
+
+    def _evaluate(self) -> dict | None:
+        """Score held-out videos through the SaliencyTracker, if configured."""
+        config = self.config
+        if config.val_data is None and config.val_videos == 0:
+            return None
+        from m4sam_ros.learn.evaluate import evaluate_model  # evaluation imports the tracker stack lazily
+        if config.val_data is not None:
+            dataset = open_dataset(config.val_data, config.val_layout, config.val_split, config.depth_folder)
+            dataset.raise_on_errors()
+            videos = dataset.videos
+        else:
+            videos = synthetic_videos(self.out_dir / "synthetic" / "val", config.val_videos, config, config.seed + 1000)
+        report = evaluate_model(self.model, videos, self.out_dir / "eval", device=str(self.device),
+                                num_memory_frames=config.num_memory_frames, title=f"{config.preset} after {self.step} steps",
+                                progress=config.progress)
+        return report
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict]:
+    """Rows of an earlier run's log up to the resumed step (later rows are re-done)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["step"]) <= up_to_step]
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
+    """Loss per step and its moving average, from the CSV log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
+    if len(loss) >= 5:
+        window = max(5, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1:], smooth, lw=1.8, label=f"mean of {window}")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("BCE + IoU + object loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(png_path)
+    plt.close(figure)
+    return png_path
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run (or resume) a training run; see ``TrainConfig``."""
+    return Trainer(config).run()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, TrainConfig, "YAML file of TrainConfig fields (flags given here override it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(TrainConfig, args)
+        result = train(config)
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as error:
+        LOG.error("%s", error)
+        return 2
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s; final loss {result.final_loss:.4f}")
+    print(f"adapter: {result.adapter}")
+    if result.sam2_weights:
+        print(f"SAM2 weights (--train-all): {result.sam2_weights}")
+    print(f"checkpoint: {result.checkpoint}\nlog: {result.log_csv}\nloss curve: {result.loss_curve}")
+    if result.evaluation:
+        print(f"held-out evaluation: {result.evaluation['paths']['markdown']}")
+        print(Path(result.evaluation["paths"]["markdown"]).read_text())
+    return 0

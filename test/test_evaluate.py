@@ -1,0 +1,142 @@
+"""Evaluation: pysodmetrics wiring, streaming through the SaliencyTracker, reports and the CLI."""
+import argparse
+import json
+
+import cv2
+import numpy as np
+import py_sod_metrics
+import pytest
+import torch
+
+from m4sam_ros.learn import evaluate
+from m4sam_ros.learn.datasets import load_frame, open_dataset
+from m4sam_ros.learn.metrics import METRIC_KEYS, score_frames
+from m4sam_ros.learn.synthetic import SyntheticConfig, write_video
+from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two torch threads on this busy 2-core machine run 5-100x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _gt() -> np.ndarray:
+    gt = np.zeros((40, 50), np.uint8)
+    gt[10:30, 15:35] = 255
+    return gt
+
+
+def test_score_frames_perfect_inverted_and_library_agreement():
+    gt = _gt()
+    perfect = score_frames([gt.astype(np.float32) / 255], [gt])
+    assert perfect["s_measure"] == pytest.approx(1.0, abs=1e-6) and perfect["mae"] == 0.0
+    assert perfect["f_measure_max"] == pytest.approx(1.0) and perfect["frames"] == 1
+    inverted = score_frames([1.0 - gt.astype(np.float32) / 255], [gt])
+    assert inverted["s_measure"] < 0.1 and inverted["mae"] == 1.0
+    rng = np.random.default_rng(0)
+    preds = [rng.random(gt.shape).astype(np.float32) for _ in range(3)]
+    ours = score_frames(preds, [gt > 0] * 3)  # bool GT is accepted too
+    s_measure, mae = py_sod_metrics.Smeasure(), py_sod_metrics.MAE()
+    for p in preds:
+        s_measure.step(np.rint(p * 255).astype(np.uint8), gt)
+        mae.step(np.rint(p * 255).astype(np.uint8), gt)
+    assert ours["s_measure"] == pytest.approx(float(s_measure.get_results()["sm"]))
+    assert ours["mae"] == pytest.approx(float(mae.get_results()["mae"]))
+    assert set(METRIC_KEYS) <= set(ours) and ours["e_measure_max"] >= ours["e_measure_mean"]
+
+
+def test_score_frames_rejects_bad_input_clearly():
+    gt = _gt()
+    with pytest.raises(ValueError, match="same"):
+        score_frames([np.zeros((10, 10), np.float32)], [gt])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        score_frames([np.full(gt.shape, 2.0, np.float32)], [gt])
+    with pytest.raises(ValueError, match="2 predictions but 1"):
+        score_frames([gt, gt], [gt])
+    with pytest.raises(ValueError, match="no frames"):
+        score_frames([], [])
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_data")
+    for i in range(2):
+        write_video(root, f"v{i}", SyntheticConfig(height=48, width=64, frames=5, seed=10 + i, missing_depth_prob=0.3))
+    return open_dataset(root).videos
+
+
+def _tracker() -> SaliencyTracker:
+    return SaliencyTracker.from_settings(preset="test", image_size=SIZE, seed=0,
+                                         config=TrackerConfig(image_size=SIZE, mode="learned"))
+
+
+def test_streaming_matches_manual_tracker_steps_and_resets_per_video(videos):
+    tracker = _tracker()
+    metrics, samples = evaluate.evaluate_videos(tracker, videos, fps=30.0, strip_frames=3)
+    # the same tracker class stepped by hand, one fresh stream per video
+    manual = _tracker()
+    preds, gts = [], []
+    for video in videos:
+        manual.reset()
+        for i, record in enumerate(video.frames):
+            frame = load_frame(record)
+            preds.append(manual.step(frame.rgb, frame.depth_raw, stamp=i / 30.0).probability)
+            gts.append(frame.gt)
+    assert metrics["dataset"] == score_frames(preds, gts)
+    alone, _ = evaluate.evaluate_videos(tracker, videos[1:], fps=30.0)  # reset => v1 scores the same alone
+    assert alone["videos"]["v1"] == metrics["videos"]["v1"]
+    assert metrics["dataset"]["frames"] == 10 and metrics["video_mean"]["videos"] == 2
+    assert len(samples) == 3 and samples[0].prediction.shape == (48, 64)
+
+
+def test_sparse_ground_truth_scores_only_annotated_frames(tmp_path):
+    video = write_video(tmp_path, "sparse", SyntheticConfig(height=48, width=64, frames=6, seed=3))
+    for stem in ("00001", "00002", "00004"):
+        (video / "gt" / f"{stem}.png").unlink()
+    dataset = open_dataset(tmp_path)
+    metrics, _ = evaluate.evaluate_videos(_tracker(), dataset.videos)
+    assert metrics["videos"]["sparse"]["frames"] == 3
+
+
+def test_report_files(videos, tmp_path):
+    metrics, samples = evaluate.evaluate_videos(_tracker(), videos, strip_frames=2)
+    report = evaluate.write_report(metrics, samples, tmp_path, "unit", {"preset": "test"})
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["dataset"] == pytest.approx(metrics["dataset"]) and set(saved["videos"]) == {"v0", "v1"}
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| v0 |" in table and "all frames" in table and "| S | E max | E mean | F max | F adp | MAE |" in table
+    strip = cv2.imread(report["paths"]["strip"])
+    assert strip.shape[0] == 2 * 122 and strip.shape[1] == 4 * 160  # 2 rows of 4 tiles (120 px high + 2 px gap)
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    return evaluate.run(parser.parse_args(argv))
+
+
+def test_cli_writes_table_and_reports_bad_input(videos, tmp_path, capsys):
+    root = videos[0].path.parent
+    out = tmp_path / "out"
+    assert _cli(["--data", str(root), "--image-size", str(SIZE), "--out-dir", str(out), "--no-progress",
+                 "--mode", "learned"]) == 0
+    assert "all frames" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["settings"]["layout"] == "generic"
+    assert _cli(["--image-size", str(SIZE)]) == 2  # no --data: a clear error, not a traceback
+    assert _cli(["--data", str(tmp_path / "missing"), "--image-size", str(SIZE)]) == 2
+
+
+def test_help_documents_every_flag(capsys):
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in evaluate.EvalConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in text
