@@ -31,6 +31,8 @@ from m4sam_ros.ros.conversions import rgb_from_msg, stamp_seconds
 from m4sam_ros.ros.player import CameraPublishers, PlayerFrame
 
 NODE_READY_TIMEOUT_S = 120.0
+# Trained by `m4sam train --config config/train_demo.yaml` on synthetic videos (see README).
+DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "data"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated video")
     parser.add_argument("--preset", default="test", help="model preset for the node (model.preset)")
     parser.add_argument("--image-size", type=int, default=128, help="model input size (model.image_size)")
-    parser.add_argument("--adapter", default="", help="adapter weights for the node (model.adapter)")
+    parser.add_argument("--sam2-checkpoint", default=str(DEMO_WEIGHTS / "demo_sam2.pt"),
+                        help="SAM2 weights for the node (model.sam2_checkpoint); '' = random init")
+    parser.add_argument("--adapter", default=str(DEMO_WEIGHTS / "demo_adapter.pt"),
+                        help="adapter weights for the node (model.adapter); '' = zero-shot")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads of the node (engine.num_threads; 0 = torch's default)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where images and the node log go")
 
 
@@ -89,9 +96,9 @@ class DemoCamera(Node):
 
 
 def start_node(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
-    ros_args = ["-p", f"model.preset:={args.preset}", "-p", f"model.image_size:={args.image_size}"]
-    if args.adapter:
-        ros_args += ["-p", f"model.adapter:={args.adapter}"]
+    ros_args = ["-p", f"model.preset:={args.preset}", "-p", f"model.image_size:={args.image_size}",
+                "-p", f"model.sam2_checkpoint:={args.sam2_checkpoint}", "-p", f"model.adapter:={args.adapter}",
+                "-p", f"engine.num_threads:={args.threads}"]
     command = [sys.executable, "-m", "m4sam_ros.ros.saliency_node", "--ros-args", *ros_args]
     print(f"[demo] starting the node: {' '.join(command[1:])}  (log: {log_path})")
     return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -35,7 +35,9 @@ class StartupError(RuntimeError):
 
 
 def _download_hint(preset: str) -> str:
-    name = CHECKPOINT_FILES[preset]
+    name = CHECKPOINT_FILES.get(preset)
+    if name is None:  # the 'test' preset's weights come from `m4sam train`, not a release
+        return "check the path, or train weights with `m4sam train`"
     return (f"get the official SAM2.1 checkpoint {name} from the SAM2 release page "
             f"(https://github.com/facebookresearch/sam2#download-checkpoints, direct link {RELEASE_URL}{name}) "
             f"and pass its path as model.sam2_checkpoint (launch argument sam2_checkpoint)")
@@ -48,18 +50,14 @@ def _expand(path: str) -> Path:
 def check_model_files(model: ModelSettings) -> tuple[Path | None, Path | None]:
     """(checkpoint, adapter) as existing paths (None where not used); StartupError otherwise."""
     checkpoint = adapter = None
-    if model.preset == "test":
-        if model.sam2_checkpoint:
-            raise StartupError("model.preset 'test' is a random-init model and takes no model.sam2_checkpoint; "
-                               f"clear it or pick one of {', '.join(CHECKPOINT_FILES)}")
-    elif not model.sam2_checkpoint:
-        raise StartupError(f"model.sam2_checkpoint is empty: model.preset '{model.preset}' needs weights; "
-                           + _download_hint(model.preset))
-    else:
+    if model.sam2_checkpoint:
         checkpoint = _expand(model.sam2_checkpoint)
         if not checkpoint.is_file():
             raise StartupError(f"SAM2 checkpoint file not found: {checkpoint} (model.sam2_checkpoint); "
                                + _download_hint(model.preset))
+    elif model.preset != "test":  # 'test' without weights is the random-init model of the tests
+        raise StartupError(f"model.sam2_checkpoint is empty: model.preset '{model.preset}' needs weights; "
+                           + _download_hint(model.preset))
     if model.adapter:
         adapter = _expand(model.adapter)
         if not adapter.is_file():
