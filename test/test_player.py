@@ -1,5 +1,6 @@
 """The player publishes a camera's three topics, and the demo (the README's main job) runs the node."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,9 +81,12 @@ def test_player_refuses_a_missing_folder(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_runs_the_node_and_reports(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "m4sam_ros.cli", "demo", "--frames", "20", "--rate", "10",
-                             "--image-size", "64", "--out", str(tmp_path)],
+                             "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "masks received" in result.stdout and "S-measure" in result.stdout
+    assert "masks received" in result.stdout
+    # The packaged demo weights (README: S 0.97 on this stream) must find the object.
+    s_measure = float(re.search(r"S-measure ([0-9.]+)", result.stdout).group(1))
+    assert s_measure > 0.8, result.stdout
     assert (tmp_path / "overlay_strip.png").stat().st_size > 0
     assert (tmp_path / "overlay.gif").stat().st_size > 0
