@@ -89,7 +89,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True),
     # -- model (fixed at start-up) ---------------------------------------------------------
     ParameterSpec("model.preset", "hiera_t",
-                  "SAM2 trunk size; 'test' is a tiny random-init model for tests (meaningless output).",
+                  "SAM2 trunk size; 'test' is a tiny model for tests and the demo (random-init unless model.sam2_checkpoint is set).",
                   choices=PRESETS, read_only=True),
     ParameterSpec("model.sam2_checkpoint", "",
                   "Official SAM2.1 checkpoint (.pt) matching model.preset; required unless preset is 'test'.",
