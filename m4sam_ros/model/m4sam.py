@@ -77,7 +77,7 @@ class MemoryView:
     num_frames: int
 
 
-def _sam2_modules(config: M4SAMConfig) -> dict:
+def sam2_modules(config: M4SAMConfig) -> dict:
     """SAM2Base constructor arguments equal to the sam2.1 (or 2.0) yaml of the preset."""
     c = config
     trunk = Hiera(embed_dim=c.embed_dim, num_heads=c.num_heads, stages=c.stages,
@@ -142,7 +142,7 @@ class M4SAM(SAM2Base):
     """SAM2 + modality-aware MoE-LoRA + gated multi-level fusion (see module docstring)."""
 
     def __init__(self, config: M4SAMConfig):
-        super().__init__(**_sam2_modules(config))
+        super().__init__(**sam2_modules(config))
         self.config = config
         self.moe_lora, self._hook_handles = attach_moe_lora(self.image_encoder.trunk.blocks, config)
         self.fusion = GatedMultiLevelFusion(config.d_model, _FPN_LEVELS, config.fusion_kernel_size,

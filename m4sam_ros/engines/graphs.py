@@ -1,0 +1,115 @@
+"""The two exported graphs: their modules, tensor names and static shapes.
+
+Names are the contract between export, ONNX Runtime, TensorRT and the engines: change
+them here only. Shapes are static (batch, image size and memory slots fixed at export),
+which is what TensorRT optimises best and what keeps the ONNX free of shape arithmetic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention, memory_tokens
+from m4sam_ros.model.m4sam import M4SAM, EncodedFrame
+
+ENCODER = "encoder"
+MEMORY_ATTENTION = "memory_attention"
+GRAPHS = (ENCODER, MEMORY_ATTENTION)
+
+ENCODER_INPUTS = ("rgb", "depth", "modality_present")
+ENCODER_OUTPUTS = EncodedFrame._fields  # image_embed, high_res_s4, high_res_s8, pos_enc
+MEMORY_INPUTS = ("image_embed", "pos_enc", "memory", "memory_pos", "memory_mask")
+MEMORY_OUTPUTS = ("pix_feat",)
+
+
+class _EncoderGraph(nn.Module):
+    """``M4SAM.encode`` as a plain tuple-returning module (what the ONNX tracer wants)."""
+
+    def __init__(self, model: M4SAM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, modality_present: torch.Tensor) -> tuple:
+        return tuple(self.model.encode(rgb, depth, modality_present))
+
+
+@dataclass
+class GraphSpec:
+    """Everything export needs: module, example inputs (names in order) and output names."""
+
+    name: str
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: tuple[str, ...]
+    signature: dict = field(default_factory=dict)  # static-shape facts baked into the graph
+
+    def run(self) -> dict[str, torch.Tensor]:
+        """The PyTorch reference outputs on ``inputs``."""
+        with torch.inference_mode():
+            out = self.module(*self.inputs.values())
+        out = out if isinstance(out, tuple) else (out,)
+        return dict(zip(self.outputs, out, strict=True))
+
+
+def feature_size(model: M4SAM) -> tuple[int, int]:
+    """Stride-16 feature grid of the model's input size."""
+    return model.config.image_size // 16, model.config.image_size // 16
+
+
+def encoder_inputs(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None,
+                   modality_present: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
+    """Random ImageNet-normalised-like inputs of the encoder's static shape (seed 0 by default:
+    exporting never touches the caller's global RNG)."""
+    generator = generator or torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    size = model.config.image_size
+    shape = (batch, 3, size, size)
+    return {"rgb": torch.randn(shape, generator=generator).to(device),
+            "depth": torch.randn(shape, generator=generator).to(device),
+            "modality_present": torch.tensor([modality_present] * batch, device=device)}
+
+
+def encoder_spec(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None) -> GraphSpec:
+    return GraphSpec(name=ENCODER, module=_EncoderGraph(model).eval(),
+                     inputs=encoder_inputs(model, batch, generator), outputs=ENCODER_OUTPUTS,
+                     signature={"batch": batch})
+
+
+def memory_inputs(model: M4SAM, slots: MemorySlots, batch: int = 1, generator: torch.Generator | None = None,
+                  filled_fraction: float = 0.5) -> dict[str, torch.Tensor]:
+    """Random inputs of the memory-attention graph's static shape, part of the slots empty."""
+    generator = generator or torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    h, w = feature_size(model)
+    spatial, pointers = memory_tokens(model, slots, (h, w))
+    n = spatial + pointers
+    mask = torch.zeros(batch, n)
+    mask[:, : max(h * w, int(spatial * filled_fraction))] = 1.0  # at least the conditioning frame
+    mask[:, spatial: spatial + max(1, int(pointers * filled_fraction))] = 1.0
+    channels = model.hidden_dim
+    return {"image_embed": torch.randn(batch, channels, h, w, generator=generator).to(device),
+            "pos_enc": torch.randn(batch, channels, h, w, generator=generator).to(device),
+            "memory": torch.randn(batch, n, model.mem_dim, generator=generator).to(device),
+            "memory_pos": torch.randn(batch, n, model.mem_dim, generator=generator).to(device),
+            "memory_mask": mask.to(device)}
+
+
+def memory_attention_spec(model: M4SAM, slots: MemorySlots | None = None, batch: int = 1,
+                          generator: torch.Generator | None = None) -> GraphSpec:
+    slots = slots or MemorySlots.for_model(model)
+    module = StaticMemoryAttention(model, slots, feature_size(model)).eval()
+    return GraphSpec(name=MEMORY_ATTENTION, module=module, inputs=memory_inputs(model, slots, batch, generator),
+                     outputs=MEMORY_OUTPUTS,
+                     signature={"batch": batch, "conditioning_frames": slots.conditioning_frames,
+                                "recent_frames": slots.recent_frames, "object_pointers": slots.object_pointers})
+
+
+def graph_spec(name: str, model: M4SAM, batch: int = 1, slots: MemorySlots | None = None,
+               generator: torch.Generator | None = None) -> GraphSpec:
+    if name == ENCODER:
+        return encoder_spec(model, batch, generator)
+    if name == MEMORY_ATTENTION:
+        return memory_attention_spec(model, slots, batch, generator)
+    raise ValueError(f"unknown graph {name!r}; choose one of {GRAPHS}")

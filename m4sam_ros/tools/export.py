@@ -1,0 +1,67 @@
+"""Export M4-SAM's encoder and memory attention to ONNX and check ONNX Runtime parity.
+
+Static shapes (batch 1, the chosen input size, fixed memory slots), named inputs and
+outputs, opset 17 (native LayerNormalization, which TensorRT 8.6 - JetPack 5 - and 10
+both parse; see m4sam_ros/engines/export.py). Each file is checked with onnx.checker,
+then run in ONNX Runtime (CPU) against PyTorch on random input and on synthetic RGB-D
+frames; the max absolute and relative errors are printed, and the command fails when
+the relative error exceeds --tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from m4sam_ros.tools.model_args import add_model_arguments, build_model, setup_logging
+from m4sam_ros.engines.export import OPSET, export_onnx
+from m4sam_ros.engines.graphs import ENCODER, GRAPHS, graph_spec
+from m4sam_ros.tools.parity import ParityRow, encoder_parity, memory_attention_parity, worst
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--output-dir", type=Path, default=Path("onnx"), help="where the .onnx files go")
+    parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS), help="graphs to export")
+    parser.add_argument("--parity-frames", type=int, default=3,
+                        help="synthetic RGB-D frames for the parity check (plus one random input)")
+    parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime parity check")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest accepted relative error (max |ort - torch| / max |torch|)")
+
+
+def print_parity(rows: list[ParityRow]) -> None:
+    width = max(len(r.inputs) for r in rows)
+    print(f"{'graph':<17} {'inputs':<{width}} {'output':<12} {'max abs err':>12} {'rel err':>10}")
+    for r in rows:
+        print(f"{r.graph:<17} {r.inputs:<{width}} {r.output:<12} {r.error.max_abs:12.3e} {r.error.relative:10.3e}")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    if args.parity_frames < 2:
+        print("m4sam export: --parity-frames must be >= 2 (the memory check needs a bank before a frame)")
+        return 2
+    model = build_model(args)
+    failed = False
+    for graph in args.graphs:
+        spec = graph_spec(graph, model)
+        path = args.output_dir / f"m4sam-{args.preset}-{args.image_size}-{graph}.onnx"
+        export_onnx(spec, path, metadata={"preset": args.preset, "image_size": str(args.image_size)})
+        shapes = ", ".join(f"{name}{tuple(tensor.shape)}" for name, tensor in spec.inputs.items())
+        print(f"wrote {path} (opset {OPSET}; inputs {shapes})")
+        if args.no_parity:
+            continue
+        from m4sam_ros.engines.onnxruntime_backend import OrtGraph
+
+        check = encoder_parity if graph == ENCODER else memory_attention_parity
+        rows = check(model, OrtGraph(path), frames=args.parity_frames, seed=args.seed)
+        print_parity(rows)
+        bad = worst(rows)
+        verdict = "OK" if bad.relative <= args.tolerance else "FAILED"
+        print(f"{graph}: ONNX Runtime vs PyTorch max abs {bad.max_abs:.3e}, max relative {bad.relative:.3e} "
+              f"(tolerance {args.tolerance:.0e}): {verdict}")
+        failed |= verdict == "FAILED"
+    return 1 if failed else 0

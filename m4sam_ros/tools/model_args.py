@@ -1,0 +1,52 @@
+"""Command-line arguments the engine verbs share: which model, which engine."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from m4sam_ros.engines.factory import EngineSettings
+from m4sam_ros.engines.selection import AUTO
+from m4sam_ros.model.config import PRESETS
+from m4sam_ros.model.m4sam import M4SAM, build_m4sam
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--preset", default="test", choices=sorted(PRESETS),
+                       help="model preset (test = tiny random model for checks)")
+    group.add_argument("--image-size", type=int, default=default_size, help="square model input size (multiple of 32)")
+    group.add_argument("--sam2-checkpoint", default=None, help="official SAM2/SAM2.1 checkpoint (.pt) for the preset")
+    group.add_argument("--adapter", default=None, help="trained M4-SAM adapter file")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random init (without checkpoints)")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--backend", default=AUTO, choices=(AUTO, "pytorch", "onnxruntime", "tensorrt"))
+    group.add_argument("--device", default=AUTO, help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--precision", default=AUTO, choices=(AUTO, "fp32", "fp16", "bf16", "int8"))
+    group.add_argument("--cache-dir", default=None,
+                       help="exported graphs and TensorRT engines (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
+    group.add_argument("--no-memory-attention-engine", action="store_true",
+                       help="keep memory attention in PyTorch whatever the backend")
+
+
+def build_model(args: argparse.Namespace) -> M4SAM:
+    """The model the arguments describe, weights loaded, in eval mode."""
+    from m4sam_ros.model.checkpoint import load_adapter, load_sam2_checkpoint
+
+    model = build_m4sam(args.preset, image_size=args.image_size, seed=args.seed)
+    if args.sam2_checkpoint:
+        load_sam2_checkpoint(model, args.sam2_checkpoint)
+    if args.adapter:
+        load_adapter(model, args.adapter)
+    return model.eval()
+
+
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    return EngineSettings(backend=args.backend, device=args.device, precision=args.precision,
+                          cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

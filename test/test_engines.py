@@ -1,0 +1,340 @@
+"""Engines without a GPU: real-valued RoPE, static memory attention, backend selection,
+engine cache keys, PyTorch and ONNX Runtime engines, TensorRT's clear refusal."""
+import dataclasses
+import importlib.util
+import io
+import logging
+import time
+
+import pytest
+import torch
+from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
+
+from m4sam_ros.engines.base import EngineUnavailable
+from m4sam_ros.engines.cache import ArtifactCache, EngineKey, weights_hash
+from m4sam_ros.engines.factory import EngineSettings, create_engines
+from m4sam_ros.engines.graphs import encoder_inputs
+from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention, pack_memory
+from m4sam_ros.engines.progress import stage
+from m4sam_ros.engines.rope import repeat_tables, rope_tables, rotate
+from m4sam_ros.engines.selection import Platform, select_backend
+from m4sam_ros.engines.tensorrt_backend import check_tensorrt_precision
+from m4sam_ros.engines.torch_backend import TorchEncoder, TorchMemoryAttention
+from m4sam_ros.model.m4sam import EncodedFrame, MemoryView, build_m4sam
+
+SIZE = 64
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def randomize_adapters(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Fresh adapters add exactly zero (up-projections start at 0); give them random weights
+    so the MoE-LoRA and fusion paths show up in every comparison."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith(("moe_lora.", "fusion.")):
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize_adapters(build_m4sam("test", image_size=SIZE, seed=0))
+
+
+def _entry(model, generator, spatial=True):
+    h = SIZE // 16
+    out = {"obj_ptr": torch.randn(1, model.hidden_dim, generator=generator)}
+    if spatial:
+        out["maskmem_features"] = torch.randn(1, model.mem_dim, h, h, generator=generator)
+        out["maskmem_pos_enc"] = [torch.randn(1, model.mem_dim, h, h, generator=generator)]
+    return out
+
+
+def _bank(model, frame_index, recent, generator, num_frames=17):
+    """A bank like the tracker's view: conditioning frame at 0, ``recent`` frames before frame_index,
+    only the last num_maskmem - 1 with spatial memory."""
+    non_cond = {frame_index - d: _entry(model, generator, spatial=d <= model.num_maskmem - 1)
+                for d in range(1, recent + 1) if frame_index - d > 0}
+    return MemoryView(frame_index, {"cond_frame_outputs": {0: _entry(model, generator)},
+                                    "non_cond_frame_outputs": non_cond}, num_frames)
+
+
+# ---- RoPE --------------------------------------------------------------------------------
+
+def test_rope_tables_are_sam2s_angles():
+    cis = compute_axial_cis(dim=16, end_x=4, end_y=4)
+    cos, sin = rope_tables(cis)
+    assert cos.shape == sin.shape == (16, 8) and not torch.is_complex(cos)
+    torch.testing.assert_close(torch.complex(cos, sin), cis)
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_real_rope_equals_sam2_apply_rotary_enc(repeats):
+    generator = torch.Generator().manual_seed(0)
+    cis = compute_axial_cis(dim=32, end_x=4, end_y=4)  # 16 tokens, head dim 32
+    q = torch.randn(2, 2, 16, 32, generator=generator)
+    k = torch.randn(2, 2, 16 * repeats, 32, generator=generator)
+    q_ref, k_ref = apply_rotary_enc(q, k, freqs_cis=cis, repeat_freqs_k=repeats > 1)
+    cos, sin = rope_tables(cis)
+    torch.testing.assert_close(rotate(q, cos, sin), q_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rotate(k, *repeat_tables(cos, sin, repeats)), k_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_keeps_dtype_and_refuses_mismatched_tables():
+    cos, sin = rope_tables(compute_axial_cis(dim=8, end_x=2, end_y=2))
+    x = torch.randn(1, 1, 4, 8, dtype=torch.bfloat16)
+    assert rotate(x, cos, sin).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="does not fit"):
+        rotate(torch.randn(1, 1, 5, 8), cos, sin)
+
+
+# ---- static memory attention vs SAM2 -----------------------------------------------------
+
+@pytest.mark.parametrize("frame_index,recent", [(1, 0), (4, 3), (10, 9), (16, 15)])
+def test_packed_memory_attention_equals_sam2(model, frame_index, recent):
+    """Packing into fixed slots + masking gives SAM2's own result for every fill level."""
+    generator = torch.Generator().manual_seed(frame_index)
+    view = _bank(model, frame_index, recent, generator)
+    h = SIZE // 16
+    frame = EncodedFrame(torch.randn(1, model.hidden_dim, h, h, generator=generator), None, None,
+                         torch.randn(1, model.hidden_dim, h, h, generator=generator))
+    slots = MemorySlots.for_model(model)
+    with torch.inference_mode():
+        reference = model.condition_on_memory(frame, view)
+        packed = pack_memory(model, view, slots, (h, h), batch=1)
+        got = StaticMemoryAttention(model, slots, (h, h))(frame.image_embed, frame.pos_enc, *packed)
+    spatial = min(recent, model.num_maskmem - 1) + 1
+    assert int(packed.memory_mask.sum()) == spatial * h * h + (recent + 1) * (model.hidden_dim // model.mem_dim)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_pack_memory_refuses_what_it_cannot_mirror(model):
+    generator = torch.Generator().manual_seed(0)
+    slots = MemorySlots.for_model(model)
+    empty = MemoryView(1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, 17)
+    with pytest.raises(ValueError, match="no conditioning frame"):
+        pack_memory(model, empty, slots, (4, 4), 1)
+    two = MemoryView(3, {"cond_frame_outputs": {0: _entry(model, generator), 1: _entry(model, generator)},
+                         "non_cond_frame_outputs": {}}, 17)
+    with pytest.raises(ValueError, match="slots for 1"):
+        pack_memory(model, two, slots, (4, 4), 1)
+    with pytest.raises(ValueError, match="MemorySlots needs"):
+        MemorySlots(conditioning_frames=0, recent_frames=6, object_pointers=16)
+
+
+# ---- backend selection (pure) -------------------------------------------------------------
+
+CPU_ONLY = Platform(cuda_available=False, tensorrt_error="TensorRT is not installed: pip install tensorrt",
+                    ort_providers=("CPUExecutionProvider",))
+FULL_GPU = Platform(cuda_available=True, gpu_name="Orin", tensorrt_version="10.3.0",
+                    ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+
+
+@pytest.mark.parametrize("platform,expected", [
+    (FULL_GPU, ("tensorrt", "cuda", "fp16")),
+    (dataclasses.replace(FULL_GPU, tensorrt_version=None, tensorrt_error="not installed"),
+     ("onnxruntime", "cuda", "fp32")),
+    (dataclasses.replace(FULL_GPU, tensorrt_version=None, tensorrt_error="not installed",
+                         ort_providers=("CPUExecutionProvider",)), ("pytorch", "cuda", "fp32")),
+    (CPU_ONLY, ("pytorch", "cpu", "fp32")),
+])
+def test_auto_order_is_tensorrt_then_ort_cuda_then_torch_cuda_then_torch_cpu(platform, expected):
+    choice = select_backend(platform=platform).choice
+    assert (choice.backend, choice.device, choice.precision) == expected
+
+
+def test_auto_explains_what_it_passed_over():
+    line = select_backend(platform=CPU_ONLY).explain()
+    assert line.startswith("picked pytorch on cpu (fp32)")
+    assert "tensorrt on cuda: TensorRT is not installed" in line
+    assert "onnxruntime on cuda: no CUDA GPU" in line
+
+
+def test_explicit_backend_that_cannot_run_is_refused_not_replaced():
+    with pytest.raises(EngineUnavailable, match="pip install tensorrt"):
+        select_backend("tensorrt", platform=CPU_ONLY)
+    with pytest.raises(EngineUnavailable, match="TensorRT runs on CUDA GPUs only"):
+        select_backend("tensorrt", device="cpu", platform=FULL_GPU)
+    choice = select_backend("onnxruntime", platform=CPU_ONLY).choice
+    assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
+
+
+def test_precision_and_device_requests():
+    choice = select_backend(precision="bf16", platform=FULL_GPU)
+    assert (choice.choice.backend, choice.choice.precision) == ("pytorch", "bf16")
+    assert any("tensorrt 10.3.0 runs fp16/fp32, not bf16" in line for line in choice.skipped)
+    assert select_backend(device="cuda:1", platform=FULL_GPU).choice.device == "cuda:1"
+    with pytest.raises(EngineUnavailable, match="calibration"):
+        select_backend(precision="int8", platform=FULL_GPU)
+    for bad in (dict(backend="tflite"), dict(device="gpu"), dict(precision="fp8")):
+        with pytest.raises(ValueError, match="must be"):
+            select_backend(platform=CPU_ONLY, **bad)
+
+
+def test_tensorrt_versions_decide_precisions():
+    """8.6-10.x: fp16 (default) and fp32; 11 removed weakly typed FP16: fp32; < 8.6: not at all."""
+    trt11 = dataclasses.replace(FULL_GPU, tensorrt_version="11.3.0")
+    assert select_backend(platform=trt11).choice == select_backend("tensorrt", precision="fp32", platform=trt11).choice
+    assert select_backend(platform=trt11).choice.precision == "fp32"
+    fp16 = select_backend(precision="fp16", platform=trt11)
+    assert fp16.choice.backend == "pytorch" and "tensorrt 11.3.0 runs fp32, not fp16" in fp16.skipped[0]
+    old = select_backend(platform=dataclasses.replace(FULL_GPU, tensorrt_version="8.5.3"))
+    assert old.choice.backend == "onnxruntime" and "too old" in old.skipped[0]
+    assert check_tensorrt_precision("10.3.0", "fp16") == "fp16"
+    with pytest.raises(EngineUnavailable, match="removed weakly typed FP16"):
+        check_tensorrt_precision("11.0.0", "fp16")
+    with pytest.raises(EngineUnavailable, match="too old"):
+        check_tensorrt_precision("8.5.3", "fp32")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or HAS_TENSORRT, reason="checks the CPU-only machine's choice")
+def test_auto_on_this_cpu_machine_picks_pytorch_cpu_and_logs_why(model, caplog, tmp_path):
+    with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):
+        engines = create_engines(model, EngineSettings(cache_dir=str(tmp_path)))
+    assert (engines.choice.backend, engines.choice.device) == ("pytorch", "cpu")
+    picked = [r.getMessage() for r in caplog.records if "picked" in r.getMessage()]
+    assert len(picked) == 1 and "TensorRT is not installed" in picked[0] and "no CUDA GPU" in picked[0]
+
+
+# ---- TensorRT refuses clearly here --------------------------------------------------------
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here; the refusal applies where it is not")
+def test_tensorrt_backend_raises_clear_error_without_tensorrt(model, tmp_path):
+    from m4sam_ros.engines.tensorrt_backend import TrtGraph, build_engine
+
+    for call in (lambda: build_engine(tmp_path / "x.onnx"), lambda: TrtGraph(b"")):
+        with pytest.raises(EngineUnavailable, match="TensorRT is not installed: pip install tensorrt"):
+            call()
+    with pytest.raises(EngineUnavailable, match="use engine.backend=onnxruntime"):
+        create_engines(model, EngineSettings(backend="tensorrt", cache_dir=str(tmp_path)))
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
+def test_build_engine_verb_explains_and_fails_cleanly(capsys):
+    import argparse
+
+    from m4sam_ros.tools import build_engine as build_engine_cmd
+
+    parser = argparse.ArgumentParser()
+    build_engine_cmd.add_arguments(parser)
+    assert build_engine_cmd.run(parser.parse_args(["--image-size", str(SIZE)])) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().out
+
+
+# ---- engine cache ------------------------------------------------------------------------
+
+KEY = EngineKey(graph="encoder", weights_sha256="ab" * 32, image_size=512, precision="fp16",
+                tensorrt_version="10.3.0", gpu_name="Orin (nvgpu)", compute_capability="8.7",
+                signature=(("batch", 1), ("opset", 17)))
+CHANGED = {"graph": "memory_attention", "weights_sha256": "cd" * 32, "image_size": 1024, "precision": "fp32",
+           "tensorrt_version": "8.6.2", "gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9",
+           "signature": (("batch", 2), ("opset", 17))}
+
+
+def test_every_key_field_changes_the_key():
+    assert set(CHANGED) == {f.name for f in dataclasses.fields(EngineKey)}
+    names = {KEY.stem(".engine")}
+    for field, value in CHANGED.items():
+        other = dataclasses.replace(KEY, **{field: value})
+        assert other.digest() != KEY.digest(), field
+        assert KEY.differences(other) == {field: (getattr(KEY, field), value)}
+        names.add(other.stem(".engine"))
+    assert len(names) == len(CHANGED) + 1
+    assert EngineKey.from_dict(KEY.to_dict()) == KEY
+
+
+def test_cache_hit_and_foreign_stale_or_corrupt_engines_refused(tmp_path, caplog):
+    cache = ArtifactCache(tmp_path)
+    path = cache.store(KEY, ".engine", data=b"engine-bytes")
+    assert cache.lookup(KEY, ".engine") == path and path.read_bytes() == b"engine-bytes"
+
+    # a foreign engine (built with another TensorRT) copied under this key's name
+    newer = dataclasses.replace(KEY, tensorrt_version="10.4.0")
+    foreign = cache.path(newer, ".engine")
+    foreign.write_bytes(path.read_bytes())
+    foreign.with_name(foreign.name + ".json").write_text(path.with_name(path.name + ".json").read_text())
+    with caplog.at_level(logging.WARNING, logger="m4sam_ros.engines.cache"):
+        assert cache.lookup(newer, ".engine") is None
+    assert "tensorrt_version '10.3.0' (needed '10.4.0')" in caplog.text
+
+    caplog.clear()
+    path.write_bytes(b"engine-byt")  # truncated after it was recorded
+    with caplog.at_level(logging.WARNING, logger="m4sam_ros.engines.cache"):
+        assert cache.lookup(KEY, ".engine") is None
+    assert "do not match the hash" in caplog.text
+
+    path.with_name(path.name + ".json").unlink()
+    assert cache.lookup(KEY, ".engine") is None
+    assert cache.lookup(dataclasses.replace(KEY, gpu_name="other"), ".engine") is None  # never built
+
+
+def test_weights_hash_follows_the_weights():
+    a, b = build_m4sam("test", image_size=SIZE, seed=0), build_m4sam("test", image_size=SIZE, seed=0)
+    assert weights_hash(a) == weights_hash(b)
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-3
+    assert weights_hash(a) != weights_hash(b)
+    assert weights_hash(a) != weights_hash(build_m4sam("test", image_size=2 * SIZE, seed=0))
+
+
+# ---- PyTorch and ONNX Runtime engines ------------------------------------------------------
+
+def test_torch_engines_are_the_model(model):
+    inputs = encoder_inputs(model, generator=torch.Generator().manual_seed(0))
+    engine = TorchEncoder(model, "cpu")
+    with torch.inference_mode():
+        reference = model.encode(**inputs)
+    for got, ref in zip(engine(**inputs), reference):
+        torch.testing.assert_close(got, ref)
+    bf16 = TorchEncoder(model, "cpu", "bf16")(**inputs)
+    assert bf16.image_embed.dtype == torch.float32
+    assert (bf16.image_embed - reference.image_embed).abs().max() < 0.1 * reference.image_embed.abs().max()
+    torch.testing.assert_close(TorchMemoryAttention(model)(reference, None), model.condition_on_memory(reference, None))
+    with pytest.raises(ValueError, match=r"expects rgb and depth of shape \(1, 3, 64, 64\)"):
+        engine(inputs["rgb"][..., :32], inputs["depth"], inputs["modality_present"])
+    with pytest.raises(EngineUnavailable, match="calibration"):
+        TorchEncoder(model, "cpu", "int8")
+
+
+def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_path, caplog):
+    settings = EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path))
+    engines = create_engines(model, settings)
+    assert engines.encoder.describe() == "onnxruntime on cpu (fp32)"
+    inputs = encoder_inputs(model, generator=torch.Generator().manual_seed(2))
+    frame = engines.encoder(**inputs)
+    with torch.inference_mode():
+        reference = model.encode(**inputs)
+    for got, ref in zip(frame, reference):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    view = _bank(model, 5, 4, torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = model.condition_on_memory(reference, view)
+    torch.testing.assert_close(engines.memory_attention(reference, view), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(engines.memory_attention(reference, None), model.condition_on_memory(reference, None))
+    with pytest.raises(ValueError, match=r"\(1, 3, 64, 64\)"):
+        engines.encoder(torch.cat([inputs["rgb"]] * 2), torch.cat([inputs["depth"]] * 2),
+                        torch.cat([inputs["modality_present"]] * 2))
+    with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):
+        create_engines(model, settings)
+    assert caplog.text.count("cache hit") == 2 and "exporting" not in caplog.text
+
+
+# ---- progress display ----------------------------------------------------------------------
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_stage_shows_elapsed_time_on_a_terminal_and_says_failed(caplog):
+    terminal = _Terminal()
+    with stage("building", stream=terminal, interval_s=0.01):
+        time.sleep(0.05)
+    assert "\rbuilding " in terminal.getvalue() and " s" in terminal.getvalue()
+    assert terminal.getvalue().rstrip().endswith("s") and "building: done in" in terminal.getvalue()
+    quiet = io.StringIO()  # not a terminal (a launch file's log): log lines, no spinner characters
+    with caplog.at_level(logging.INFO, logger="m4sam_ros.engines.progress"):
+        with pytest.raises(RuntimeError), stage("parsing", stream=quiet):
+            raise RuntimeError("boom")
+    assert quiet.getvalue() == "" and "parsing: failed in" in caplog.text
