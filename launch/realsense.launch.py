@@ -29,7 +29,7 @@ ARGUMENTS = [
     ("preset", "", "model.preset override: hiera_t | hiera_s | hiera_b+ | hiera_l | test (empty: from config_file)"),
     ("sam2_checkpoint", "", "model.sam2_checkpoint override: path of the official SAM2.1 .pt file"),
     ("adapter", "", "model.adapter override: trained adapter weights (empty: zero-shot)"),
-    ("backend", "", "engine.backend override: auto | torch | onnxruntime | tensorrt"),
+    ("backend", "", "engine.backend override: auto | pytorch | onnxruntime | tensorrt"),
     ("device", "", "engine.device override: auto | cpu | cuda | cuda:N"),
     ("rviz", "false", "Start RViz2 with config/m4sam.rviz"),
     ("log_level", "info", "Log level of the saliency node"),

@@ -42,7 +42,7 @@ from m4sam_ros.ros.conversions import image_msg, intrinsics_from_info, objects_m
 from m4sam_ros.ros.diagnostics import PipelineMonitor
 from m4sam_ros.ros.frames import prepare_frame
 from m4sam_ros.ros.markers import build_markers
-from m4sam_ros.ros.model_loader import StartupError, check_model_files, resolve_backend, resolve_device
+from m4sam_ros.ros.model_loader import StartupError, check_model_files, resolve_device
 from m4sam_ros.ros.overlay import render_overlay
 from m4sam_ros.ros.parameters import PARAMETERS, NodeSettings, check, defaults, markdown_table
 
@@ -368,9 +368,6 @@ def test_startup_checks_name_the_file_and_the_fix(tmp_path):
     assert check_model_files(replace(settings.model, sam2_checkpoint=str(checkpoint))) == (checkpoint, None)
     with pytest.raises(StartupError, match="adapter weights not found"):
         check_model_files(replace(settings.model, preset="test", adapter=str(tmp_path / "a.pt")))
-    with pytest.raises(StartupError, match="onnxruntime.*not available"):
-        resolve_backend(replace(settings.engine, backend="onnxruntime"))
-    assert resolve_backend(settings.engine) == "torch"
     assert resolve_device(replace(settings.engine, device="cpu")) == "cpu"
 
 
@@ -548,7 +545,7 @@ def test_runtime_threshold_and_probability(healthy):
     ({"mask_threshold": 1.5}, "out of range"),
     ({"mask_threshold": 1}, "type"),
     ({"sync__queue_size": 0}, "out of range"),
-    ({"engine__backend": "torch"}, "read-only"),
+    ({"engine__backend": "pytorch"}, "read-only"),
     ({"model__preset": "hiera_l"}, "read-only"),
 ])
 def test_invalid_parameter_values_are_refused(shared, values, reason):
@@ -693,7 +690,7 @@ def test_startup_errors_are_clear_and_exit_nonzero(log_dir):
         "no_checkpoint": (["model.preset:=hiera_s"], ["sam2.1_hiera_small.pt", "model.sam2_checkpoint"]),
         "out_of_range": (["model.preset:=test", "mask_threshold:=2.0"], ["mask_threshold", "out of range"]),
         "bad_choice": (["model.preset:=test", "engine.device:=gpu0"], ["engine.device", "cuda:N"]),
-        "backend": (["model.preset:=test", "engine.backend:=tensorrt"], ["engine.backend", "tensorrt", "torch"]),
+        "backend": (["model.preset:=test", "engine.backend:=tensorrt"], ["engine.backend", "tensorrt", "pip install tensorrt"]),
     }
     processes = {name: NodeProcess(log_dir, f"/startup_{name}", *params) for name, (params, _) in cases.items()}
     try:
@@ -741,4 +738,23 @@ def test_qos_hints_and_clean_shutdown_during_inference(ros, log_dir, sig, reliab
     finally:
         for camera in cameras:
             camera.stop()
+        process.kill()
+
+
+def test_onnxruntime_backend_exports_caches_and_serves(ros, log_dir, tmp_path):
+    """engine.backend onnxruntime: the graphs are exported at start-up into the cache, and masks flow."""
+    namespace = "/onnxruntime"
+    process = NodeProcess(log_dir, namespace, *TEST_MODEL, "engine.backend:=onnxruntime",
+                          f"engine.cache_dir:={tmp_path}")
+    probe = Probe(ros, namespace)
+    camera = SyntheticCamera(ros, namespace, QoSProfile(depth=5))
+    try:
+        wait_until(lambda: probe.mask.last() is not None or not process.alive(), 120, "the first mask")
+        assert process.alive(), f"node exited:\n{process.output()[-3000:]}"
+        masks = probe.wait_masks(3, timeout=30, since=0.0)
+        assert all(camera.was_sent(m.header) for m in masks)
+        assert "on onnxruntime/cpu" in process.output(), process.output()[-3000:]
+        assert len(list(tmp_path.rglob("*.onnx"))) == 2, "encoder and memory attention graphs in the cache"
+    finally:
+        camera.stop()
         process.kill()

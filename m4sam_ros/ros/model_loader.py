@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 
 from m4sam_ros.depth import DepthConfig
+from m4sam_ros.engines import factory
+from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.postprocess import PostprocessConfig
 from m4sam_ros.ros.parameters import EngineSettings, ModelSettings, NodeSettings
 from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
 
 __all__ = ["CHECKPOINT_FILES", "StartupError", "build_tracker", "check_model_files", "postprocess_config",
-           "resolve_backend", "resolve_device"]
+           "resolve_device"]
 
 # Official SAM2.1 release files per preset (github.com/facebookresearch/sam2, "Download Checkpoints").
 CHECKPOINT_FILES = {
@@ -27,7 +29,6 @@ CHECKPOINT_FILES = {
     "hiera_l": "sam2.1_hiera_large.pt",
 }
 RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
-AVAILABLE_BACKENDS = ("torch",)
 
 
 class StartupError(RuntimeError):
@@ -66,16 +67,6 @@ def check_model_files(model: ModelSettings) -> tuple[Path | None, Path | None]:
     return checkpoint, adapter
 
 
-def resolve_backend(engine: EngineSettings) -> str:
-    """The backend to run: 'auto' picks the fastest available one."""
-    if engine.backend == "auto":
-        return AVAILABLE_BACKENDS[0]
-    if engine.backend not in AVAILABLE_BACKENDS:
-        raise StartupError(f"engine.backend '{engine.backend}' is not available in this version of m4sam_ros; "
-                           f"use {' or '.join(repr(b) for b in ('auto',) + AVAILABLE_BACKENDS)}")
-    return engine.backend
-
-
 def resolve_device(engine: EngineSettings) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; an unavailable GPU is an error."""
     if engine.device == "auto":
@@ -91,12 +82,8 @@ def resolve_device(engine: EngineSettings) -> str:
 
 
 def build_tracker(settings: NodeSettings) -> tuple[SaliencyTracker, str]:
-    """The tracker the settings describe, and a one-line description for logs/diagnostics."""
+    """The tracker the settings describe, on the engines they ask for, and a one-line description."""
     checkpoint, adapter = check_model_files(settings.model)
-    backend = resolve_backend(settings.engine)
-    if settings.engine.precision != "fp32":
-        raise StartupError(f"engine.precision '{settings.engine.precision}' is not supported by the {backend} "
-                           "backend; use fp32")
     device = resolve_device(settings.engine)
     if settings.engine.num_threads > 0:
         # fewer threads than cores: OpenMP barriers stall for seconds when the cores are oversubscribed
@@ -111,14 +98,22 @@ def build_tracker(settings: NodeSettings) -> tuple[SaliencyTracker, str]:
             mode=settings.model.mode,
             depth=DepthConfig(min_m=settings.depth.min_m, max_m=settings.depth.max_m),
             postprocess=postprocess_config(settings))
-        tracker = SaliencyTracker.from_settings(
+        reference = SaliencyTracker.from_settings(
             preset=settings.model.preset, image_size=settings.model.image_size,
             sam2_checkpoint=str(checkpoint) if checkpoint else None, adapter=str(adapter) if adapter else None,
-            device=device, seed=settings.model.seed, config=config)
+            device="cpu", seed=settings.model.seed, config=config)
+        engines = factory.create_engines(reference.model, factory.EngineSettings(
+            backend=settings.engine.backend, device=device, precision=settings.engine.precision,
+            cache_dir=settings.engine.cache_dir or None, threads=settings.engine.num_threads))
+        tracker = SaliencyTracker(reference.model, reference.config, device=str(engines.device),
+                                  encoder=engines.encoder, memory_attention=engines.memory_attention)
+    except EngineUnavailable as exc:
+        raise StartupError(f"engine.backend '{settings.engine.backend}' cannot run here: {exc}") from None
     except (ValueError, RuntimeError, OSError) as exc:
         raise StartupError(f"cannot build the model: {exc}") from None
-    description = (f"{settings.model.preset} {settings.model.image_size}px {tracker.mode} on {backend}/{device}"
-                   f" {settings.engine.precision}")
+    choice = engines.choice
+    description = (f"{settings.model.preset} {settings.model.image_size}px {tracker.mode} on "
+                   f"{choice.backend}/{choice.device} {choice.precision}")
     return tracker, description
 
 

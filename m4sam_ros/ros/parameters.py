@@ -61,8 +61,8 @@ class ParameterSpec:
 
 
 PRESETS = tuple(MODEL_PRESETS)
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "pytorch", "onnxruntime", "tensorrt")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # -- output (changeable at run time) ---------------------------------------------------
@@ -118,11 +118,18 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("depth.max_m", 10.0, "Farthest valid depth (m); farther is a hole. Must equal training.",
                   range=(0.1, 100.0), read_only=True),
     # -- engine (fixed at start-up) --------------------------------------------------------
-    ParameterSpec("engine.backend", "auto", "Inference backend; auto picks the fastest available.",
+    ParameterSpec("engine.backend", "auto",
+                  "Encoder/memory-attention backend; auto: TensorRT, then ONNX Runtime CUDA, then PyTorch "
+                  "CUDA, then PyTorch CPU (the log says what was picked and why).",
                   choices=BACKENDS, read_only=True),
-    ParameterSpec("engine.device", "auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda or cuda:N.",
+    ParameterSpec("engine.device", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N.",
                   read_only=True),
-    ParameterSpec("engine.precision", "fp32", "Inference precision.", choices=PRECISIONS, read_only=True),
+    ParameterSpec("engine.precision", "auto",
+                  "Compute precision; auto: the backend's best (fp16 on TensorRT, fp32 elsewhere).",
+                  choices=PRECISIONS, read_only=True),
+    ParameterSpec("engine.cache_dir", "",
+                  "Exported ONNX graphs and TensorRT engines; empty = $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros.",
+                  read_only=True),
     ParameterSpec("engine.num_threads", 0,
                   "CPU threads for torch; 0 = torch's default (one per core). Lower it when other nodes share the CPU.",
                   range=(0, 256), step=1, read_only=True),
@@ -192,6 +199,7 @@ class EngineSettings:
     backend: str
     device: str
     precision: str
+    cache_dir: str
     num_threads: int
     simulated_latency_ms: float
 
