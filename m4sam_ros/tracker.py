@@ -289,6 +289,12 @@ class SaliencyTracker:
             return "lost"
         return None
 
+    def _now(self) -> float:
+        """A stage boundary: on CUDA, wait for queued kernels so each stage is charged its own time."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     @torch.inference_mode()
     def step(self, rgb: np.ndarray, depth: np.ndarray | None, stamp: float,
              intrinsics: CameraIntrinsics | None = None) -> SaliencyResult:
@@ -324,20 +330,20 @@ class SaliencyTracker:
             size = self.config.image_size
             prior = saliency_prior(depth_norm, depth_valid, (size, size), self.config.prior)  # (S, S)
             prior_mask = torch.from_numpy(prior >= self.config.prior_threshold).to(self.device, torch.float32)
-        t1 = time.perf_counter()
+        t1 = self._now()
 
         model = self.model
         frame = self._encode(rgb_in, depth_in, present)
-        t2 = time.perf_counter()
+        t2 = self._now()
 
         if prior_mask is not None:
             t3 = t2  # no memory attention: the prior mask is the conditioning frame's output
             decoded = model.mask_as_output(frame, prior_mask[None, None])
         else:
             pix_feat = self._condition_on_memory(frame, None if reason is not None else self.bank.view())
-            t3 = time.perf_counter()
+            t3 = self._now()
             decoded = model.decode(pix_feat, frame, is_init_frame=reason is not None)
-        t4 = time.perf_counter()
+        t4 = self._now()
 
         features, pos_enc = model.encode_memory(frame, decoded)
         entry = MemoryEntry(features, pos_enc, decoded.obj_ptr)
@@ -345,11 +351,11 @@ class SaliencyTracker:
             self.bank.set_conditioning(entry)
         else:
             self.bank.add(entry)
-        t5 = time.perf_counter()
+        t5 = self._now()
 
         probability, object_score = self._probability(decoded, (height, width))
         mask, objects = self.extractor(probability, depth_m, intrinsics)
-        t6 = time.perf_counter()
+        t6 = self._now()
 
         self._pending = None
         self._last_stamp = float(stamp)
