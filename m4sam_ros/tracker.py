@@ -269,6 +269,11 @@ class SaliencyTracker:
         config = dataclasses.replace(config or TrackerConfig(), image_size=image_size)
         return cls(model, config, device)
 
+    def set_postprocess(self, config: PostprocessConfig) -> None:
+        """Change thresholds between frames (call from the thread that calls ``step``); IDs are kept."""
+        self.config = dataclasses.replace(self.config, postprocess=config)
+        self.extractor.config = config
+
     def reset(self) -> None:
         """Forget memory and object IDs; the next frame re-initialises with reason "reset"."""
         self.bank.clear()

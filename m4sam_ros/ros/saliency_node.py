@@ -180,7 +180,7 @@ class SaliencyNode(Node):
             self._reset_requested.clear()
             self._tracker.reset()
         if settings is not self._applied_settings:
-            self._tracker.extractor.config = postprocess_config(settings)  # same thread as step()
+            self._tracker.set_postprocess(postprocess_config(settings))  # same thread as step()
             self._applied_settings = settings
 
         started = time.perf_counter()
