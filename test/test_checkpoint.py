@@ -11,14 +11,6 @@ from m4sam_ros.model.m4sam import TRAINABLE_PREFIXES
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: extra intra-op threads only contend (40x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def hiera_t_checkpoint(tmp_path_factory):

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import py_sod_metrics
 import pytest
-import torch
 
 from m4sam_ros.learn import evaluate
 from m4sam_ros.learn.datasets import load_frame, open_dataset
@@ -16,14 +15,6 @@ from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
 
 SIZE = 64
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two torch threads on this busy 2-core machine run 5-100x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gt() -> np.ndarray:

@@ -17,14 +17,6 @@ from m4sam_ros.tracker import STAGES, MemoryBank, MemoryEntry, SaliencyTracker, 
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: extra intra-op threads only contend (40x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _tracker(**config) -> SaliencyTracker:
     return SaliencyTracker.from_settings(preset="test", image_size=SIZE, seed=0, config=TrackerConfig(**config))

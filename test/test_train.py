@@ -20,14 +20,6 @@ from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two torch threads on this busy 2-core machine run 5-100x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _config(tmp_path, name: str, **overrides) -> TrainConfig:
     values = dict(image_size=SIZE, steps=4, warmup_steps=1, lr=1e-3, clip_length=2, synthetic_videos=2, synthetic_frames=5,
