@@ -149,16 +149,18 @@ def object_geometry(region_mask: np.ndarray, depth_m: np.ndarray, intrinsics: Ca
     region_mask and depth_m are the same crop, whose top-left pixel is ``origin`` = (x, y) in
     the image. The median and percentiles shrug off flying pixels at object edges, where
     depth sensors mix foreground and background. Returns (None, None) below ``min_pixels``;
-    beyond ``max_points`` valid pixels a regular grid (same stride in x and y) is sampled.
+    beyond ``max_points`` valid pixels, ``max_points`` of them are taken evenly spaced in
+    raster order. (A spatial grid would not do: sparse depth - aligned from a lower-resolution
+    sensor, or projected lidar - can have its valid pixels exactly between the grid's points.)
     """
     valid = region_mask & np.isfinite(depth_m) & (depth_m > 0)
     count = int(np.count_nonzero(valid))
     if count < min_pixels:
         return None, None
-    step = int(np.ceil(np.sqrt(count / max_points)))  # 1 unless the object is large
-    offset = step // 2  # centre the grid in its cells
-    vs, us = np.nonzero(valid[offset::step, offset::step])
-    vs, us = vs * step + offset, us * step + offset
+    vs, us = np.nonzero(valid)
+    if count > max_points:
+        keep = np.linspace(0, count - 1, max_points).astype(np.int64)
+        vs, us = vs[keep], us[keep]
     z = depth_m[vs, us].astype(np.float64)
     x = (us + origin[0] - intrinsics.cx) * z / intrinsics.fx
     y = (vs + origin[1] - intrinsics.cy) * z / intrinsics.fy

@@ -84,6 +84,13 @@ def test_wrong_payloads_are_refused(tmp_path):
         load_adapter(model, sam2_file)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_sam2_checkpoint(model, tmp_path / "missing.pt")
+    state = {k: model.state_dict()[k] for k in model.frozen_keys()}
+    key = sorted(state)[0]
+    state[key] = [1, 2, 3]  # a non-tensor where a tensor belongs: named, not an AttributeError
+    not_tensor = tmp_path / "not_tensor.pt"
+    torch.save({"model": state}, not_tensor)
+    with pytest.raises(CheckpointError, match=f"{key} \\(list, not a tensor\\)"):
+        load_sam2_checkpoint(model, not_tensor)
 
 
 def test_adapter_round_trip(tmp_path):

@@ -109,6 +109,19 @@ def test_packed_memory_attention_equals_sam2(model, frame_index, recent):
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_static_memory_attention_tables_follow_the_model_device():
+    """SAM2 builds RoPE tables on the CPU; on a CUDA model the exported module must hold them on
+    the GPU or export/parity fail with a device mismatch. ``meta`` stands in for a GPU here."""
+    model = build_m4sam("test", image_size=SIZE, seed=0).to("meta")
+    h = SIZE // 16
+    static = StaticMemoryAttention(model, MemorySlots.for_model(model), (h, h))
+    assert {b.device.type for b in static.buffers()} == {"meta"}
+    spatial, pointers = static.num_rope_keys, static.num_pointer_tokens
+    embed = torch.empty(1, model.hidden_dim, h, h, device="meta")
+    memory = torch.empty(1, spatial + pointers, model.mem_dim, device="meta")
+    assert static(embed, embed, memory, memory, torch.empty(1, spatial + pointers, device="meta")).shape == embed.shape
+
+
 def test_pack_memory_refuses_what_it_cannot_mirror(model):
     generator = torch.Generator().manual_seed(0)
     slots = MemorySlots.for_model(model)

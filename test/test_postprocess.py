@@ -103,6 +103,18 @@ def test_centroid_ignores_holes_and_flying_pixels():
     assert obj.extent[2] == pytest.approx(0.0)
 
 
+def test_sparse_depth_beyond_max_points_still_gives_3d():
+    """Depth valid only on every other row and column (aligned from a lower-resolution sensor,
+    projected lidar): subsampling must not land between the valid pixels and find none."""
+    intrinsics = CameraIntrinsics(fx=100.0, fy=100.0, cx=63.5, cy=47.5)
+    depth = np.full((H, W), np.nan, np.float32)
+    depth[::2, ::2] = 1.5
+    prob = _rect(_blank(), 0, 0, W, H)  # 3072 valid depth pixels in the object
+    _, (obj,) = ObjectExtractor(PostprocessConfig(max_depth_points=1000))(prob, depth, intrinsics)
+    assert obj.centroid is not None and obj.centroid[2] == pytest.approx(1.5)
+    assert obj.extent[0] > 0.5 * W * 1.5 / 100.0  # the sample spans the object, not one corner
+
+
 def test_all_hole_depth_gives_no_3d():
     intrinsics = CameraIntrinsics(fx=100.0, fy=100.0, cx=63.5, cy=47.5)
     prob = _rect(_blank(), 30, 30, 40, 40)

@@ -209,10 +209,13 @@ class StaticMemoryAttention(nn.Module):
             if layer.pos_enc_at_cross_attn_queries or not layer.pos_enc_at_cross_attn_keys:
                 raise ValueError("StaticMemoryAttention follows SAM2's configs: position encoding on the "
                                  "cross-attention keys, not on its queries")
-        # SAM2's own angle table (complex) at this feature size, turned into real cos/sin once
-        cos, sin = rope_tables(first.self_attn.compute_cis(end_x=width, end_y=height))
+        # SAM2's own angle table (complex) at this feature size, turned into real cos/sin once;
+        # compute_cis builds it on the CPU, so it goes where the weights are (SAM2's RoPEAttention
+        # moves its table to q.device in every forward; this module is never moved by its callers)
+        device = self.attention.norm.weight.device
+        cos, sin = (t.to(device) for t in rope_tables(first.self_attn.compute_cis(end_x=width, end_y=height)))
         key_cos, key_sin = rope_tables(first.cross_attn_image.compute_cis(end_x=width, end_y=height))
-        key_cos, key_sin = repeat_tables(key_cos, key_sin, slots.spatial_frames)
+        key_cos, key_sin = repeat_tables(key_cos.to(device), key_sin.to(device), slots.spatial_frames)
         self.register_buffer("query_cos", cos, persistent=False)  # (HW, D/2)
         self.register_buffer("query_sin", sin, persistent=False)
         self.register_buffer("key_cos", key_cos, persistent=False)  # (M*HW, D/2)

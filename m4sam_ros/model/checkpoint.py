@@ -44,6 +44,11 @@ def _read(path: str | Path) -> object:
                               f"torch.save file): {type(error).__name__}: {cause}") from error
 
 
+def _shape_of(value: object) -> str:
+    """A tensor's shape, or what the value is instead (a file may hold non-tensors)."""
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else f"({type(value).__name__}, not a tensor)"
+
+
 def _check_tensors(path: Path, what: str, expected: dict[str, torch.Tensor], given: dict) -> None:
     """Exact key set and shapes, or a CheckpointError naming the offending keys."""
     missing, unexpected = set(expected) - set(given), set(given) - set(expected)
@@ -52,7 +57,7 @@ def _check_tensors(path: Path, what: str, expected: dict[str, torch.Tensor], giv
         problems.append(f"missing keys: {_names(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_names(unexpected)}")
-    wrong = [f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+    wrong = [f"{k} {_shape_of(given[k])} != {tuple(v.shape)}" for k, v in expected.items()
              if k in given and (not isinstance(given[k], torch.Tensor) or given[k].shape != v.shape)]
     if wrong:
         problems.append(f"shape mismatches (file != model): {'; '.join(wrong[:_SHOW])}")
