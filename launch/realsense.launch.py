@@ -50,6 +50,8 @@ def _nodes(context):
     config_file = value["config_file"] or os.path.join(share, "config", "m4sam.yaml")
     namespace, name = value["camera_namespace"], value["camera_name"]
     camera_parameters = {
+        # the driver's TF frames are named after this parameter, not the node name (as rs_launch.py passes it)
+        "camera_name": ParameterValue(name, value_type=str),
         "enable_color": True, "enable_depth": True, "align_depth.enable": True, "enable_sync": True,
         "pointcloud.enable": False,
         "rgb_camera.color_profile": ParameterValue(value["color_profile"], value_type=str),

@@ -120,7 +120,9 @@ class ApproximateTimePairer:
             self._count(rgb_received=1)
             self._check_order("rgb", stamp)
             if not self._depth_fresh():
+                # RGB-only: nothing waits for a partner any more, on either side
                 self._drop_all(self._depth, "unmatched_depth")
+                self._drop_all(self._rgb, "unmatched_rgb")
                 self._count(rgb_only=1)
                 return FramePair(rgb=payload, rgb_stamp=stamp)
             partner = self._match(stamp, own=self._rgb, other=self._depth,

@@ -105,6 +105,8 @@ def test_dvisal_layout_split_lists_and_sparse_gt(tmp_path):
     train = open_dataset(tmp_path, split="train")
     assert [v.name for v in train.videos] == ["v1", "v2"] and not train.problems  # sparse GT is normal here
     test = open_dataset(tmp_path)  # the single test_*.txt
+    # split "test" (m4sam eval's default) also means the single test_*.txt when there is no test.txt
+    assert [v.name for v in open_dataset(tmp_path, split="test").videos] == ["v3"]
     video = test.videos[0]
     assert video.name == "v3" and video.frames[0].stem == "00000001"
     assert video.annotated == [0, 3] and load_frame(video.frames[1]).gt is None

@@ -82,6 +82,17 @@ def test_realsense_launch_camera_settings_and_topics():
     assert camera_topic("/robot/", "cam", "color/image_raw") == "/robot/cam/color/image_raw"
 
 
+def test_realsense_launch_passes_camera_name_to_the_driver():
+    """realsense-ros 4.x names its TF frames after the camera_name *parameter* (default "camera"),
+    not the node name; without it RViz's fixed frame <camera_name>_color_optical_frame would not exist."""
+    tree = _module(LAUNCH["realsense"])
+    nodes = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_nodes")
+    camera_parameters = next(n.value for n in ast.walk(nodes) if isinstance(n, ast.Assign)
+                             and any(isinstance(t, ast.Name) and t.id == "camera_parameters" for t in n.targets))
+    keys = {k.value for k in camera_parameters.keys if isinstance(k, ast.Constant)}
+    assert "camera_name" in keys
+
+
 def test_saliency_launch_defaults_match_realsense_topics():
     arguments = {a[0]: a[1] for a in _assigned(_module(LAUNCH["saliency"]), "ARGUMENTS")}
     assert arguments["rgb_topic"] == "/camera/camera/color/image_raw"

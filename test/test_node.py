@@ -418,6 +418,17 @@ def test_objects_and_markers_messages():
     assert bgr.shape == (HEIGHT, WIDTH, 3) and bgr[HEIGHT - 1, 0, 2] > 0  # tinted
 
 
+def test_overlay_leaves_a_bgr8_input_message_untouched():
+    """bgr8 decodes to a view whose reverse is the message buffer itself: the overlay must copy."""
+    msg = image_msg(Header(frame_id=FRAME_ID), np.full((HEIGHT, WIDTH, 3), 40, np.uint8), "bgr8")
+    before = bytes(msg.data)
+    mask = np.ones((HEIGHT, WIDTH), np.uint8)
+    objects = [SalientObject(id=1, score=0.9, box=(2, 2, 10, 10), area=100, age=0, centroid=None, extent=None)]
+    bgr = render_overlay(prepare_frame(msg, None, None).rgb, mask, objects, 0.5)
+    assert bgr[HEIGHT - 1, 0, 2] > 40  # tinted
+    assert bytes(msg.data) == before
+
+
 def test_monitor_rates_levels_and_problems():
     clock = ManualClock()
     monitor = PipelineMonitor(clock=clock)

@@ -112,6 +112,8 @@ def test_no_depth_at_all_falls_back_after_grace_period():
     assert pairer.add_rgb(0.0, "rgb0") is None
     clock.now = 1.5
     assert pairer.add_rgb(1.5, "rgb1").depth is None
+    # the frame that waited during the grace period no longer waits (diagnostics' queued_rgb)
+    assert pairer.queued == (0, 0) and pairer.stats.unmatched_rgb == 1
 
 
 def test_stamps_going_backwards_reset_the_queues():

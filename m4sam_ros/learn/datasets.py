@@ -357,13 +357,14 @@ def open_dataset(root: str | Path, layout: str = "auto", split: str | None = Non
 
 
 def _dvisal_videos(root: Path, split: str | None, problems: list[Problem]) -> list[Path]:
-    if split is None:
+    list_path = root / f"{split}.txt" if split else None
+    # "test" (the default split of `m4sam eval` and of training's held-out set) means the one
+    # test_*.txt list when the root has no test.txt itself.
+    if list_path is None or (split == "test" and not list_path.is_file()):
         tests = sorted(root.glob("test*.txt"))
         if len(tests) != 1:
             raise DatasetError(f"DViSal root {root} has split lists {[p.name for p in tests]}; name one with split=")
         list_path = tests[0]
-    else:
-        list_path = root / f"{split}.txt"
     dirs = []
     for name in read_split_list(list_path):
         video = root / "data" / name

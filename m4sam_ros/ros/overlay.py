@@ -18,7 +18,9 @@ def render_overlay(rgb: np.ndarray, mask: np.ndarray, objects: Sequence[SalientO
     """rgb (H, W, 3) uint8 RGB, mask (H, W) 0/1 -> (H, W, 3) uint8 BGR (bgr8)."""
     if rgb.shape[:2] != mask.shape:
         raise ValueError(f"overlay needs mask of the RGB size {rgb.shape[:2]}, got {mask.shape}")
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    # always a copy: for bgr8 input rgb[..., ::-1] is a contiguous view of the received message,
+    # which ascontiguousarray would return as is and the drawing below would overwrite
+    bgr = np.array(rgb[..., ::-1], order="C", copy=True)
     salient = mask.astype(bool)
     if alpha > 0 and salient.any():
         blended = bgr[salient].astype(np.float32) * (1.0 - alpha) + TINT_BGR * alpha  # (N, 3)
