@@ -351,3 +351,25 @@ def test_stage_shows_elapsed_time_on_a_terminal_and_says_failed(caplog):
         with pytest.raises(RuntimeError), stage("parsing", stream=quiet):
             raise RuntimeError("boom")
     assert quiet.getvalue() == "" and "parsing: failed in" in caplog.text
+
+
+def test_auto_moves_on_when_a_candidate_fails_to_export(model, monkeypatch, tmp_path, caplog):
+    """Under auto an export or build failure of one backend is logged and the next one runs."""
+    from m4sam_ros.engines import factory, selection
+    from m4sam_ros.engines.export import ExportError
+
+    create = factory._create
+
+    def failing_onnxruntime(model, choice, settings):
+        if choice.backend == "onnxruntime":
+            raise ExportError("graph would not export")
+        return create(model, choice, settings)
+
+    # this CPU machine's auto order has no ONNX Runtime candidate: put one first
+    monkeypatch.setattr(selection, "AUTO_ORDER", (("onnxruntime", "cpu"), ("pytorch", "cpu")))
+    monkeypatch.setattr(factory, "_create", failing_onnxruntime)
+    platform = Platform(cuda_available=False, ort_providers=("CPUExecutionProvider",))
+    with caplog.at_level("WARNING", logger="m4sam_ros.engines.factory"):
+        engines = factory.create_engines(model, EngineSettings(cache_dir=str(tmp_path)), platform=platform)
+    assert engines.choice.backend == "pytorch"
+    assert "onnxruntime on cpu could not start: graph would not export" in caplog.text

@@ -18,11 +18,12 @@ import torch
 
 from m4sam_ros.engines.base import EncoderEngine, EngineUnavailable, MemoryAttentionEngine
 from m4sam_ros.engines.cache import ArtifactCache, EngineKey, weights_hash
-from m4sam_ros.engines.export import cached_onnx, onnx_key
+from m4sam_ros.engines.export import ExportError, cached_onnx, onnx_key
 from m4sam_ros.engines.graph_engines import GraphEncoder, GraphMemoryAttention
 from m4sam_ros.engines.graphs import ENCODER, MEMORY_ATTENTION, graph_spec
 from m4sam_ros.engines.memory_attention import MemorySlots
 from m4sam_ros.engines.selection import AUTO, Choice, Platform, select_backend
+from m4sam_ros.engines.tensorrt_backend import EngineBuildError
 from m4sam_ros.engines.torch_backend import TorchEncoder, TorchMemoryAttention
 from m4sam_ros.model.m4sam import M4SAM
 
@@ -131,14 +132,14 @@ def create_engines(model: M4SAM, settings: EngineSettings = EngineSettings(),
     """Engines for ``model`` per ``settings``; logs what was picked and why.
 
     With backend ``auto`` a candidate that fails to start (e.g. ONNX Runtime lists CUDA but
-    its libraries are missing) is logged and the next one is tried; an explicit backend
-    that cannot run raises ``EngineUnavailable`` with the reason.
+    its libraries are missing, or its graph fails to export or build) is logged and the next
+    one is tried; an explicit backend that cannot run raises the error with the reason.
     """
     selection = select_backend(settings.backend, settings.device, settings.precision, platform)
     for choice in selection.candidates:
         try:
             engines = _create(model, choice, settings)
-        except EngineUnavailable as error:
+        except (EngineUnavailable, ExportError, EngineBuildError) as error:
             if settings.backend != AUTO:
                 raise
             selection.skipped.append(f"{choice.backend} on {choice.device}: {error}")
