@@ -46,7 +46,8 @@ LOG = logging.getLogger("m4sam.train")
 CHECKPOINT_FORMAT = "m4sam-train-checkpoint"
 CHECKPOINT_VERSION = 1
 LOG_COLUMNS = ("step", "lr", "loss", "bce", "iou", "object", "grad_norm", "clips_per_s", "elapsed_s")
-# Settings that may change between a run and its resume without breaking exactness.
+# Settings a resume may change. All but `steps` keep the run bit-exact; a new `steps` is
+# allowed (to train longer) but reshapes the cosine schedule from the resume point on.
 _RESUMABLE_CHANGES = {"resume", "checkpoint_every", "progress", "threads", "out_dir", "adapter_out", "sam2_weights_out",
                       "val_data", "val_layout", "val_split", "val_videos", "steps"}
 
