@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import rclpy
 import yaml
@@ -694,6 +695,8 @@ def test_result_age_stays_bounded_when_inference_is_slow(healthy):
 # -- processes of their own ---------------------------------------------------------------
 
 def test_startup_errors_are_clear_and_exit_nonzero(log_dir):
+    corrupt = log_dir / "sam2.1_hiera_tiny.pt"
+    corrupt.write_bytes(b"PK\x03\x04 truncated download")
     cases = {
         "missing_checkpoint": (["model.preset:=hiera_t", "model.sam2_checkpoint:=/nonexistent/sam2.1_hiera_tiny.pt"],
                                ["/nonexistent/sam2.1_hiera_tiny.pt", "sam2.1_hiera_tiny.pt", "model.sam2_checkpoint",
@@ -702,6 +705,8 @@ def test_startup_errors_are_clear_and_exit_nonzero(log_dir):
         "out_of_range": (["model.preset:=test", "mask_threshold:=2.0"], ["mask_threshold", "out of range"]),
         "bad_choice": (["model.preset:=test", "engine.device:=gpu0"], ["engine.device", "cuda:N"]),
         "backend": (["model.preset:=test", "engine.backend:=tensorrt"], ["engine.backend", "tensorrt", "pip install tensorrt"]),
+        "corrupt_checkpoint": (["model.preset:=hiera_t", f"model.sam2_checkpoint:={corrupt}"],
+                               ["cannot build the model", str(corrupt)]),
     }
     processes = {name: NodeProcess(log_dir, f"/startup_{name}", *params) for name, (params, _) in cases.items()}
     try:
@@ -766,6 +771,31 @@ def test_onnxruntime_backend_exports_caches_and_serves(ros, log_dir, tmp_path):
         assert all(camera.was_sent(m.header) for m in masks)
         assert "on onnxruntime/cpu" in process.output(), process.output()[-3000:]
         assert len(list(tmp_path.rglob("*.onnx"))) == 2, "encoder and memory attention graphs in the cache"
+    finally:
+        camera.stop()
+        process.kill()
+
+
+def test_default_preset_zero_shot_with_an_official_format_checkpoint(ros, log_dir, tmp_path):
+    """The day-one path: preset hiera_t, an official SAM2.1-format checkpoint, no adapter -> zero-shot."""
+    from m4sam_ros.model.m4sam import build_m4sam
+
+    source = build_m4sam("hiera_t", image_size=128, seed=1)
+    frozen = set(source.frozen_keys())
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": {k: v for k, v in source.state_dict().items() if k in frozen}}, checkpoint)
+    del source
+    namespace = "/zero_shot"
+    process = NodeProcess(log_dir, namespace, "model.preset:=hiera_t", f"model.sam2_checkpoint:={checkpoint}",
+                          "model.image_size:=128", "engine.num_threads:=1")
+    probe = Probe(ros, namespace)
+    camera = SyntheticCamera(ros, namespace, QoSProfile(depth=5))
+    try:
+        wait_until(lambda: probe.mask.last() is not None or not process.alive(), 180, "the first mask")
+        assert process.alive(), f"node exited:\n{process.output()[-3000:]}"
+        masks = probe.wait_masks(2, timeout=60, since=0.0)
+        assert all(camera.was_sent(m.header) and (m.width, m.height) == (WIDTH, HEIGHT) for m in masks)
+        assert "hiera_t 128px zero_shot on pytorch/cpu" in process.output(), process.output()[-3000:]
     finally:
         camera.stop()
         process.kill()
