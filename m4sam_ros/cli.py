@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     verb, rest = argv[0], argv[1:]
     module_name, help_text = VERBS[verb]
+    # one logging set-up for every verb: progress and engine choices go to stderr at INFO
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"m4sam {verb}", description=module.__doc__ or help_text,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

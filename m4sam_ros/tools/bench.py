@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m4sam_ros.tools.bench_peer import PEER_STAGES, SAM2Streaming, build_sam2_peer
 from m4sam_ros.encodings import EncodedImage, decode_image, encode_image, to_depth, to_rgb
-from m4sam_ros.tools.model_args import (add_engine_arguments, add_model_arguments, build_model, engine_settings,
-                                        setup_logging)
 from m4sam_ros.engines.factory import Engines, create_engines
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 from m4sam_ros.postprocess import CameraIntrinsics
+from m4sam_ros.tools.bench_peer import PEER_STAGES, SAM2Streaming, build_sam2_peer
+from m4sam_ros.tools.model_args import add_engine_arguments, add_model_arguments, build_model, engine_settings
 from m4sam_ros.tracker import STAGES, SaliencyTracker, TrackerConfig
 
 CHECKPOINTS = (10, 100, 1000)
@@ -252,7 +251,6 @@ def build_report(args: argparse.Namespace, engines: Engines, camera: tuple[int, 
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging()
     _check(args)
     width, height = _parse_camera(args.camera)
     model = build_model(args)

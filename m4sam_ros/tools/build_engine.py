@@ -13,7 +13,7 @@ import torch
 
 from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.engines.cache import ArtifactCache, weights_hash
-from m4sam_ros.tools.model_args import add_model_arguments, build_model, setup_logging
+from m4sam_ros.tools.model_args import add_model_arguments, build_model
 from m4sam_ros.engines.factory import cached_tensorrt_engine
 from m4sam_ros.engines.graphs import GRAPHS
 from m4sam_ros.engines.tensorrt_backend import DEFAULT_WORKSPACE_GIB, TrtGraph, import_tensorrt, require_cuda
@@ -32,7 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging()
     try:
         import_tensorrt()
         require_cuda()

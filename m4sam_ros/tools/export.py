@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from m4sam_ros.tools.model_args import add_model_arguments, build_model, setup_logging
+from m4sam_ros.tools.model_args import add_model_arguments, build_model
 from m4sam_ros.engines.export import OPSET, export_onnx
 from m4sam_ros.engines.graphs import ENCODER, GRAPHS, graph_spec
 from m4sam_ros.tools.parity import ParityRow, encoder_parity, memory_attention_parity, worst
@@ -40,7 +40,6 @@ def print_parity(rows: list[ParityRow]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging()
     if args.parity_frames < 2:
         print("m4sam export: --parity-frames must be >= 2 (the memory check needs a bank before a frame)")
         return 2

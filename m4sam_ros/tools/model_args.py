@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from m4sam_ros.engines.factory import EngineSettings
 from m4sam_ros.engines.selection import AUTO
@@ -48,5 +47,3 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
                           cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
