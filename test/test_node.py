@@ -315,6 +315,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def test_readme_parameter_table_is_the_declared_one():
+    assert markdown_table().strip() in (ROOT / "README.md").read_text(), \
+        "README's parameter table differs from the code: paste `python -m m4sam_ros.ros.parameters`"
+
+
 def test_config_yaml_equals_declared_defaults():
     config = yaml.safe_load(CONFIG.read_text())
     assert list(config) == ["/**/m4sam_saliency"]
