@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from m4sam_ros.depth import DepthConfig, depth_to_metres, normalize_depth
+from m4sam_ros.engines.base import EncoderEngine
+from m4sam_ros.engines.torch_backend import TorchEncoder
 from m4sam_ros.model.checkpoint import load_adapter, load_sam2_checkpoint
 from m4sam_ros.model.m4sam import (IMAGENET_MEAN, IMAGENET_STD, DecoderOutput, EncodedFrame, M4SAM, MemoryView,
                                    build_m4sam)
@@ -45,7 +47,6 @@ STAGES = ("preprocess", "encoder", "memory_attention", "decoder", "memory_encode
 _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
-EncoderFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], EncodedFrame]
 MemoryAttentionFn = Callable[[EncodedFrame, "MemoryView | None"], torch.Tensor]
 
 
@@ -231,13 +232,20 @@ def _check_depth(depth: np.ndarray) -> np.ndarray:
     return depth
 
 
+def resolve_mode(mode: str, model: M4SAM) -> str:
+    """"auto" -> "learned" when the model has an adapter file loaded, else "zero_shot"."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode if mode != "auto" else ("learned" if model.adapter_file else "zero_shot")
+
+
 class SaliencyTracker:
     """Per-frame RGB-D salient object tracking with M4-SAM (see module docstring)."""
 
     def __init__(self, model: M4SAM, config: TrackerConfig, device: str = "cpu", *,
-                 encoder: EncoderFn | None = None, memory_attention: MemoryAttentionFn | None = None):
-        """``encoder`` / ``memory_attention`` replace ``model.encode`` / ``model.condition_on_memory``
-        (same signatures, e.g. an ONNX Runtime or TensorRT engine); None = the model's own."""
+                 encoder: EncoderEngine | None = None, memory_attention: MemoryAttentionFn | None = None):
+        """``encoder`` / ``memory_attention`` replace the model's own encoder (PyTorch) and
+        ``model.condition_on_memory`` (same signature), e.g. by ONNX Runtime or TensorRT engines."""
         if config.image_size != model.config.image_size:
             raise ValueError(f"TrackerConfig.image_size ({config.image_size}) must equal the model's image_size "
                              f"({model.config.image_size})")
@@ -246,10 +254,10 @@ class SaliencyTracker:
             raise ValueError(f"device {device!r} requested but CUDA is not available")
         self.model = model.to(self.device).eval()
         self.config = config
-        self.mode = config.mode if config.mode != "auto" else ("learned" if model.adapter_file else "zero_shot")
+        self.mode = resolve_mode(config.mode, model)
         self.bank = MemoryBank(config.num_memory_frames, model.num_maskmem, model.max_obj_ptrs_in_encoder)
         self.extractor = ObjectExtractor(config.postprocess)
-        self._encode = encoder if encoder is not None else self.model.encode
+        self._encoder = encoder if encoder is not None else TorchEncoder(self.model, self.device)
         self._condition_on_memory = memory_attention if memory_attention is not None else self.model.condition_on_memory
         self._pending: str | None = "start"
         self._last_stamp: float | None = None
@@ -338,7 +346,10 @@ class SaliencyTracker:
         t1 = self._now()
 
         model = self.model
-        frame = self._encode(rgb_in, depth_in, present)
+        if depth_to_encoder is None:  # one modality: the encoder skips the depth pass entirely
+            frame = self._encoder.encode_rgb(rgb_in)
+        else:
+            frame = self._encoder(rgb_in, depth_in, present)
         t2 = self._now()
 
         if prior_mask is not None:

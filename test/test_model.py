@@ -151,6 +151,30 @@ def test_rgb_only_and_depth_only_encode(model):
     assert not torch.allclose(both.image_embed, rgb_only.image_embed)
 
 
+def test_encode_rgb_equals_encode_without_depth_and_uses_rgb_experts_only():
+    """The one-modality pass gives what the pair pass gives with depth absent, and depth
+    experts play no part in it."""
+    model = build_m4sam("test", image_size=SIZE, seed=0)
+    _perturb_trainable(model)
+    rgb, depth, _ = _inputs(batch=2)
+    with torch.no_grad():
+        pair = model.encode(rgb, depth, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+        single = model.encode_rgb(rgb)
+        for name, a, b in zip(pair._fields, pair, single):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
+        assert not any(d.rgb_only for d in model.moe_lora)  # routing restored after the pass
+        for dispatcher in model.moe_lora:
+            for expert in dispatcher.depth.experts:
+                expert.up.weight.mul_(3.0)
+        assert torch.equal(model.encode_rgb(rgb).image_embed, single.image_embed)
+        for dispatcher in model.moe_lora:
+            for expert in dispatcher.rgb.experts:
+                expert.up.weight.mul_(3.0)
+        assert not torch.allclose(model.encode_rgb(rgb).image_embed, single.image_embed)
+    with pytest.raises(ValueError, match="encode_rgb expects rgb"):
+        model.encode_rgb(rgb[:, :2])
+
+
 def test_only_adapters_and_fusion_train(model):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(TRAINABLE_PREFIXES) for n in trainable)

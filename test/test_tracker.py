@@ -8,11 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from m4sam_ros.depth import normalize_depth
+from m4sam_ros.engines.base import EncoderEngine
+from m4sam_ros.engines.torch_backend import TorchEncoder
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 from m4sam_ros.model import IMAGENET_MEAN, IMAGENET_STD, build_m4sam
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.prior import PriorConfig, saliency_prior
 from m4sam_ros.tracker import STAGES, MemoryBank, MemoryEntry, SaliencyTracker, TrackerConfig, encoder_inputs
+
+from test_engines import randomize_adapters
 
 SIZE = 64
 
@@ -67,25 +71,61 @@ def test_encoder_inputs_preprocessing():
     assert not no_depth.any() and absent.tolist() == [[1.0, 0.0]]
 
 
+class _CountingEncoder(TorchEncoder):
+    """The PyTorch engine, counting which path the tracker takes."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.calls = {"rgbd": 0, "rgb": 0}
+
+    def __call__(self, rgb, depth, present):
+        self.calls["rgbd"] += 1
+        return super().__call__(rgb, depth, present)
+
+    def encode_rgb(self, rgb):
+        self.calls["rgb"] += 1
+        return super().encode_rgb(rgb)
+
+
 def test_engines_replace_encoder_and_memory_attention(video):
     """The tracker runs whatever encoder / memory attention it is given (same signatures)."""
     model = build_m4sam("test", image_size=SIZE, seed=0)
-    calls = {"encoder": 0, "memory_attention": 0}
-
-    def encoder(rgb, depth, present):
-        calls["encoder"] += 1
-        return model.encode(rgb, depth, present)
+    calls = {"memory_attention": 0}
 
     def memory_attention(frame, memory):
         calls["memory_attention"] += 1
         return model.condition_on_memory(frame, memory)
 
+    encoder = _CountingEncoder(model)
     tracker = SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="learned"), "cpu", encoder=encoder,
                               memory_attention=memory_attention)
     engine_run = _run(tracker, video[:3])
     plain_run = _run(_tracker(mode="learned"), video[:3])
-    assert calls == {"encoder": 3, "memory_attention": 3}
+    assert encoder.calls == {"rgbd": 3, "rgb": 0} and calls == {"memory_attention": 3}
     assert all(np.array_equal(a.probability, b.probability) for a, b in zip(engine_run, plain_run))
+
+
+def test_frames_without_depth_in_the_encoder_take_the_one_modality_pass(video):
+    """Zero-shot frames and learned-mode frames whose depth dropped out skip the depth pass,
+    with the same result as the RGB-D pass given depth marked absent."""
+    model = randomize_adapters(build_m4sam("test", image_size=SIZE, seed=0))
+    zero_shot = _CountingEncoder(model)
+    _run(SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="zero_shot"), "cpu", encoder=zero_shot),
+         video[:3])
+    assert zero_shot.calls == {"rgbd": 0, "rgb": 3}
+    learned = _CountingEncoder(model)
+    tracker = SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="learned"), "cpu", encoder=learned)
+    fast = [tracker.step(f.rgb, None if f.index == 1 else f.depth_mm, f.index / 30.0) for f in video[:3]]
+    assert learned.calls == {"rgbd": 2, "rgb": 1}
+
+    class RgbdOnly(TorchEncoder):  # an engine without a one-modality path: the base class's fallback
+        def encode_rgb(self, rgb):
+            return EncoderEngine.encode_rgb(self, rgb)
+
+    tracker = SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="learned"), "cpu", encoder=RgbdOnly(model))
+    slow = [tracker.step(f.rgb, None if f.index == 1 else f.depth_mm, f.index / 30.0) for f in video[:3]]
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-5)
 
 
 def test_float_metre_depth_with_holes():

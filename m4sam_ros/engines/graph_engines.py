@@ -12,8 +12,9 @@ from typing import Protocol
 
 import torch
 
-from m4sam_ros.engines.base import EncoderEngine, MemoryAttentionEngine, check_encoder_inputs
-from m4sam_ros.engines.graphs import ENCODER_INPUTS, ENCODER_OUTPUTS, MEMORY_INPUTS, MEMORY_OUTPUTS, feature_size
+from m4sam_ros.engines.base import EncoderEngine, MemoryAttentionEngine, check_encoder_inputs, check_rgb_input
+from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_RGB, ENCODER_RGB_INPUTS,
+                                      MEMORY_INPUTS, MEMORY_OUTPUTS, feature_size)
 from m4sam_ros.engines.memory_attention import MemorySlots, memory_tokens, pack_memory
 from m4sam_ros.model.m4sam import M4SAM, EncodedFrame, MemoryView
 
@@ -33,14 +34,38 @@ def _check_names(graph: CompiledGraph, inputs: tuple[str, ...], outputs: tuple[s
 
 
 class GraphEncoder(EncoderEngine):
-    def __init__(self, graph: CompiledGraph, backend: str, precision: str):
-        _check_names(graph, ENCODER_INPUTS, ENCODER_OUTPUTS, "encoder")
-        self.graph, self.backend, self.precision, self.device = graph, backend, precision, graph.device
-        self.batch, _, self.image_size, _ = graph.input_shapes["rgb"]
+    """The RGB-D graph (``encoder``), the RGB-only one (``encoder_rgb``) or both. Frames
+    without depth take the RGB-only graph when there is one, else the RGB-D graph with
+    depth marked absent; RGB-D frames need the RGB-D graph."""
+
+    def __init__(self, graphs: dict[str, CompiledGraph], backend: str, precision: str):
+        if not graphs or set(graphs) - {ENCODER, ENCODER_RGB}:
+            raise ValueError(f"an encoder engine takes graphs {ENCODER} and/or {ENCODER_RGB}, got {sorted(graphs)}")
+        for name, graph in graphs.items():
+            if name == ENCODER:
+                _check_names(graph, ENCODER_INPUTS, ENCODER_OUTPUTS, "RGB-D encoder")
+            else:
+                _check_names(graph, ENCODER_RGB_INPUTS, ENCODER_OUTPUTS, "RGB-only encoder")
+        shapes = {graph.input_shapes["rgb"] for graph in graphs.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"the encoder graphs were exported for different inputs: {sorted(shapes)}")
+        self.graphs, self.backend, self.precision = graphs, backend, precision
+        self.device = next(iter(graphs.values())).device
+        self.batch, _, self.image_size, _ = shapes.pop()
 
     def __call__(self, rgb: torch.Tensor, depth: torch.Tensor, modality_present: torch.Tensor) -> EncodedFrame:
+        if ENCODER not in self.graphs:
+            raise ValueError("this encoder engine was built RGB-only (zero-shot mode), so it cannot take depth; "
+                             "create the engines with depth_encoder=True for learned mode")
         check_encoder_inputs(rgb, depth, modality_present, self.image_size, batch=self.batch)
-        out = self.graph.run({"rgb": rgb, "depth": depth, "modality_present": modality_present})
+        out = self.graphs[ENCODER].run({"rgb": rgb, "depth": depth, "modality_present": modality_present})
+        return EncodedFrame(*(out[name] for name in ENCODER_OUTPUTS))
+
+    def encode_rgb(self, rgb: torch.Tensor) -> EncodedFrame:
+        if ENCODER_RGB not in self.graphs:
+            return super().encode_rgb(rgb)
+        check_rgb_input(rgb, self.image_size, batch=self.batch)
+        out = self.graphs[ENCODER_RGB].run({"rgb": rgb})
         return EncodedFrame(*(out[name] for name in ENCODER_OUTPUTS))
 
 

@@ -10,7 +10,8 @@ import contextlib
 
 import torch
 
-from m4sam_ros.engines.base import EncoderEngine, MemoryAttentionEngine, check_encoder_inputs, check_precision
+from m4sam_ros.engines.base import (EncoderEngine, MemoryAttentionEngine, check_encoder_inputs, check_precision,
+                                    check_rgb_input)
 from m4sam_ros.model.m4sam import M4SAM, EncodedFrame, MemoryView
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -34,7 +35,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 class TorchEncoder(EncoderEngine):
-    """``model.encode`` on ``device`` (the model is moved there)."""
+    """``model.encode`` / ``model.encode_rgb`` on ``device`` (the model is moved there)."""
 
     backend = "pytorch"
 
@@ -48,6 +49,12 @@ class TorchEncoder(EncoderEngine):
         check_encoder_inputs(rgb, depth, modality_present, self.image_size, batch=None)
         with torch.inference_mode(), _autocast(self.device, self.precision):
             frame = self.model.encode(rgb, depth, modality_present)
+        return EncodedFrame(*(t.float() for t in frame))
+
+    def encode_rgb(self, rgb: torch.Tensor) -> EncodedFrame:
+        check_rgb_input(rgb, self.image_size, batch=None)
+        with torch.inference_mode(), _autocast(self.device, self.precision):
+            frame = self.model.encode_rgb(rgb)
         return EncodedFrame(*(t.float() for t in frame))
 
 

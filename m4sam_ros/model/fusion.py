@@ -73,6 +73,13 @@ class GatedMultiLevelFusion(nn.Module):
             raise ValueError(f"expected {len(self.cross_modal)} levels per modality, "
                              f"got {len(rgb_levels)} RGB and {len(depth_levels)} depth")
         fused = [gate(r, d, modality_present) for gate, r, d in zip(self.cross_modal, rgb_levels, depth_levels)]
-        for level in range(len(fused) - 2, -1, -1):  # coarse to fine, so refinements cascade
-            fused[level] = self.top_down[level](fused[level], fused[level + 1])
-        return fused
+        return self.refine(fused)
+
+    def refine(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The top-down pass alone: what fusion amounts to for one modality, whose gate is exactly 1."""
+        if len(levels) != len(self.cross_modal):
+            raise ValueError(f"expected {len(self.cross_modal)} levels, got {len(levels)}")
+        refined = list(levels)
+        for level in range(len(refined) - 2, -1, -1):  # coarse to fine, so refinements cascade
+            refined[level] = self.top_down[level](refined[level], refined[level + 1])
+        return refined

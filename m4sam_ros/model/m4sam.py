@@ -7,7 +7,8 @@ official checkpoint loads strictly) with two trainable additions:
 
 * ``encode(rgb, depth, modality_present)`` - the heavy, stateless part (Hiera + adapters +
   FPN + fusion + SAM2's high-res projections). Tensors in, tensors out; also ``forward``,
-  so it exports to ONNX / TensorRT as is.
+  so it exports to ONNX / TensorRT as is. ``encode_rgb(rgb)`` is the same for frames
+  without depth (zero-shot, depth dropped out) at half the cost: one modality, one pass.
 * ``condition_on_memory`` / ``decode`` / ``mask_as_output`` / ``encode_memory`` - the light, stateful part,
   delegating to SAM2Base's own methods; the memory bank is owned by the caller (the
   tracker) and passed in explicitly as a ``MemoryView``.
@@ -35,7 +36,7 @@ from sam2.modeling.sam2_base import SAM2Base
 
 from m4sam_ros.model.config import M4SAMConfig, preset_config
 from m4sam_ros.model.fusion import GatedMultiLevelFusion
-from m4sam_ros.model.moe_lora import attach_moe_lora
+from m4sam_ros.model.moe_lora import attach_moe_lora, rgb_only_routing
 
 # The only submodules that train; everything else is frozen SAM2.
 TRAINABLE_PREFIXES = ("moe_lora.", "fusion.")
@@ -194,11 +195,27 @@ class M4SAM(SAM2Base):
         backbone = self.image_encoder(pair)
         levels = backbone["backbone_fpn"]  # [(2B, C, S/4, S/4), (2B, C, S/8, S/8), (2B, C, S/16, S/16)]
         fused = self.fusion([f[:batch] for f in levels], [f[batch:] for f in levels], present)
+        return self._encoded(fused, backbone["vision_pos_enc"][-1][:batch])
+
+    def encode_rgb(self, rgb: torch.Tensor) -> EncodedFrame:
+        """Encode B frames that have no depth: equal to ``encode(rgb, 0, [[1, 0]] * B)`` at half
+        the encoder cost. With depth absent the cross-modal gate is exactly 1, so the depth
+        half of ``encode``'s batch is multiplied by zero; here it is never computed.
+        rgb: (B, 3, S, S) ImageNet-normalised RGB -> EncodedFrame (see ``encode``)."""
+        size = self.config.image_size
+        if rgb.dim() != 4 or rgb.shape[1:] != (3, size, size):
+            raise ValueError(f"encode_rgb expects rgb of shape (B, 3, {size}, {size}), got {tuple(rgb.shape)}")
+        with rgb_only_routing(self.moe_lora):
+            backbone = self.image_encoder(rgb)
+        return self._encoded(self.fusion.refine(list(backbone["backbone_fpn"])), backbone["vision_pos_enc"][-1])
+
+    def _encoded(self, fused: list[torch.Tensor], pos_enc: torch.Tensor) -> EncodedFrame:
+        """Fused FPN levels (strides 4, 8, 16) -> what the decoder and memory stages read."""
         return EncodedFrame(
             image_embed=fused[2],
             high_res_s4=self.sam_mask_decoder.conv_s0(fused[0]),
             high_res_s8=self.sam_mask_decoder.conv_s1(fused[1]),
-            pos_enc=backbone["vision_pos_enc"][-1][:batch],
+            pos_enc=pos_enc,
         )
 
     # ---- stateful part (memory passed in by the caller) -----------------------------------

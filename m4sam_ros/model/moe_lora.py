@@ -6,6 +6,8 @@ block's full (H, W) token grid, so the adapter sees local spatial context that a
 LoRA cannot (depth edges, object boundaries). A dispatcher sends the RGB half of the batch
 to the RGB experts and the depth half to the depth experts (plus, optionally, every
 sample to shared experts); inside a group a per-sample router weights the experts.
+Inside ``rgb_only_routing`` the whole batch is RGB (frames without depth, which need no
+depth pass at all).
 
 The adapter is attached with forward hooks, so the frozen SAM2 modules and their
 state-dict keys stay untouched and an official checkpoint loads strictly:
@@ -15,6 +17,9 @@ Everything is tensor arithmetic with static shapes: no data-dependent branches, 
 encoder exports to ONNX.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +98,8 @@ class ModalityDispatcher(nn.Module):
     """MoE-LoRA update of one Hiera block's qkv.
 
     Input is the batch of two modalities, (2B, H, W, C_in): the first half goes to the RGB
-    experts, the second half to the depth experts; shared experts see all samples.
+    experts, the second half to the depth experts; shared experts see all samples. With
+    ``rgb_only`` set the batch is (B, ...) RGB and all of it goes to the RGB experts.
     """
 
     def __init__(self, dim_in: int, dim_out: int, window_size: int, config: M4SAMConfig):
@@ -103,11 +109,15 @@ class ModalityDispatcher(nn.Module):
         self.shared = ExpertGroup(dim_in, dim_out, config.shared_experts, config) if config.shared_experts else None
         self.scale = config.lora_scale
         self.window_size = window_size
+        self.rgb_only = False  # set by ``rgb_only_routing``
         self._update: torch.Tensor | None = None  # handed from the norm1 hook to the qkv hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[0] // 2
-        update = torch.cat([self.rgb(x[:half]), self.depth(x[half:])], dim=0)  # (2B, H, W, C_out)
+        if self.rgb_only:
+            update = self.rgb(x)
+        else:
+            half = x.shape[0] // 2
+            update = torch.cat([self.rgb(x[:half]), self.depth(x[half:])], dim=0)  # (2B, H, W, C_out)
         if self.shared is not None:
             update = update + self.shared(x)
         return update * self.scale
@@ -139,3 +149,15 @@ def attach_moe_lora(blocks: nn.ModuleList, config: M4SAMConfig) -> tuple[nn.Modu
         handles += dispatcher.attach(block)
         dispatchers.append(dispatcher)
     return dispatchers, handles
+
+
+@contextmanager
+def rgb_only_routing(dispatchers: nn.ModuleList) -> Iterator[None]:
+    """Within the block, every sample the encoder sees is RGB (no depth half in the batch)."""
+    for dispatcher in dispatchers:
+        dispatcher.rgb_only = True
+    try:
+        yield
+    finally:
+        for dispatcher in dispatchers:
+            dispatcher.rgb_only = False

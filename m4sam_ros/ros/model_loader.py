@@ -104,7 +104,8 @@ def build_tracker(settings: NodeSettings) -> tuple[SaliencyTracker, str]:
             device="cpu", seed=settings.model.seed, config=config)
         engines = factory.create_engines(reference.model, factory.EngineSettings(
             backend=settings.engine.backend, device=device, precision=settings.engine.precision,
-            cache_dir=settings.engine.cache_dir or None, threads=settings.engine.num_threads))
+            cache_dir=settings.engine.cache_dir or None, threads=settings.engine.num_threads,
+            depth_encoder=reference.mode == "learned"))
         tracker = SaliencyTracker(reference.model, reference.config, device=str(engines.device),
                                   encoder=engines.encoder, memory_attention=engines.memory_attention)
     except EngineUnavailable as exc:

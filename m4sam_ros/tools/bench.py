@@ -31,7 +31,7 @@ from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.tools.bench_peer import PEER_STAGES, SAM2Streaming, build_sam2_peer
 from m4sam_ros.tools.model_args import add_engine_arguments, add_model_arguments, build_model, engine_settings
-from m4sam_ros.tracker import STAGES, SaliencyTracker, TrackerConfig
+from m4sam_ros.tracker import MODES, STAGES, SaliencyTracker, TrackerConfig, resolve_mode
 
 CHECKPOINTS = (10, 100, 1000)
 M4SAM_STAGES = ("image_conversion",) + STAGES
@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--camera", default="320x240", help="camera frame size WxH (what the node receives)")
     group.add_argument("--output-dir", type=Path, default=Path("runs/bench"), help="where the JSON and PNG go")
     group.add_argument("--no-peer", action="store_true", help="skip the SAM2 streaming comparison")
+    group.add_argument("--mode", default="auto", choices=MODES,
+                       help="tracker mode (auto: learned with --adapter, else zero-shot, whose encoder sees RGB only)")
 
 
 @dataclass
@@ -254,12 +256,12 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     width, height = _parse_camera(args.camera)
     model = build_model(args)
-    engines = create_engines(model, engine_settings(args))
+    config = TrackerConfig(image_size=args.image_size, lost_score_threshold=0.0, gap_timeout_s=1e9, mode=args.mode)
+    engines = create_engines(model, engine_settings(args, depth_encoder=resolve_mode(config.mode, model) == "learned"))
     device = engines.device
-    config = TrackerConfig(image_size=args.image_size, lost_score_threshold=0.0, gap_timeout_s=1e9)
     tracker = SaliencyTracker(model, config, device=str(device), encoder=engines.encoder,
                               memory_attention=engines.memory_attention)
-    ours = M4SAMRunner(tracker, f"M4-SAM ({engines.encoder.describe()})")
+    ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({engines.encoder.describe()})")
     runners = [ours]
     if not args.no_peer:
         runners.append(SAM2Runner(SAM2Streaming(build_sam2_peer(model.config, args.seed), device, args.frames)))

@@ -13,7 +13,7 @@ import torch
 
 from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.engines.cache import ArtifactCache, weights_hash
-from m4sam_ros.tools.model_args import add_model_arguments, build_model
+from m4sam_ros.tools.model_args import add_model_arguments, build_model, default_graphs
 from m4sam_ros.engines.factory import cached_tensorrt_engine
 from m4sam_ros.engines.graphs import GRAPHS
 from m4sam_ros.engines.tensorrt_backend import DEFAULT_WORKSPACE_GIB, TrtGraph, import_tensorrt, require_cuda
@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8"),
                         help="engine precision (int8 needs calibration, not available yet)")
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (the GPU the engine is for)")
-    parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS), help="graphs to build")
+    parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=None,
+                        help="graphs to build (default: what the node runs with these weights: with --adapter "
+                             "the RGB-D encoder, without it the RGB-only one; and the memory attention)")
     parser.add_argument("--cache-dir", default=None,
                         help="engine cache (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
     parser.add_argument("--workspace-gib", type=float, default=DEFAULT_WORKSPACE_GIB, help="TensorRT builder workspace")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args).to(device)
     cache = ArtifactCache(args.cache_dir)
     weights = weights_hash(model)
-    for graph in args.graphs:
+    for graph in args.graphs or default_graphs(args):
         path = cached_tensorrt_engine(model, graph, cache, args.precision, device, weights,
                                       args.workspace_gib, rebuild=args.rebuild)
         TrtGraph(path.read_bytes(), device)  # proves it loads on this GPU

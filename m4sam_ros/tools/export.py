@@ -1,4 +1,4 @@
-"""Export M4-SAM's encoder and memory attention to ONNX and check ONNX Runtime parity.
+"""Export M4-SAM's encoders (RGB-D and RGB-only) and memory attention to ONNX; check ONNX Runtime parity.
 
 Static shapes (batch 1, the chosen input size, fixed memory slots), named inputs and
 outputs, opset 17 (native LayerNormalization, which TensorRT 8.6 - JetPack 5 - and 10
@@ -13,10 +13,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from m4sam_ros.tools.model_args import add_model_arguments, build_model
+from m4sam_ros.tools.model_args import add_model_arguments, build_model, default_graphs
 from m4sam_ros.engines.export import OPSET, export_onnx
-from m4sam_ros.engines.graphs import ENCODER, GRAPHS, graph_spec
-from m4sam_ros.tools.parity import ParityRow, encoder_parity, memory_attention_parity, worst
+from m4sam_ros.engines.graphs import GRAPHS, graph_spec
+from m4sam_ros.tools.parity import PARITY_CHECKS, ParityRow, worst
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--output-dir", type=Path, default=Path("onnx"), help="where the .onnx files go")
-    parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS), help="graphs to export")
+    parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=None,
+                        help="graphs to export (default: what the node runs with these weights: with --adapter "
+                             "the RGB-D encoder, without it the RGB-only one; and the memory attention)")
     parser.add_argument("--parity-frames", type=int, default=3,
                         help="synthetic RGB-D frames for the parity check (plus one random input)")
     parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime parity check")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     model = build_model(args)
     failed = False
-    for graph in args.graphs:
+    for graph in args.graphs or default_graphs(args):
         spec = graph_spec(graph, model)
         path = args.output_dir / f"m4sam-{args.preset}-{args.image_size}-{graph}.onnx"
         export_onnx(spec, path, metadata={"preset": args.preset, "image_size": str(args.image_size)})
@@ -55,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         from m4sam_ros.engines.onnxruntime_backend import OrtGraph
 
-        check = encoder_parity if graph == ENCODER else memory_attention_parity
-        rows = check(model, OrtGraph(path), frames=args.parity_frames, seed=args.seed)
+        rows = PARITY_CHECKS[graph](model, OrtGraph(path), frames=args.parity_frames, seed=args.seed)
         print_parity(rows)
         bad = worst(rows)
         verdict = "OK" if bad.relative <= args.tolerance else "FAILED"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from m4sam_ros.engines.factory import EngineSettings
+from m4sam_ros.engines.graphs import graphs_for
 from m4sam_ros.engines.selection import AUTO
 from m4sam_ros.model.config import PRESETS
 from m4sam_ros.model.m4sam import M4SAM, build_m4sam
@@ -42,8 +43,16 @@ def build_model(args: argparse.Namespace) -> M4SAM:
     return model.eval()
 
 
-def engine_settings(args: argparse.Namespace) -> EngineSettings:
+def engine_settings(args: argparse.Namespace, depth_encoder: bool) -> EngineSettings:
+    """``depth_encoder``: the tracker runs in learned mode (depth reaches the encoder)."""
     return EngineSettings(backend=args.backend, device=args.device, precision=args.precision,
-                          cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine)
+                          cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine,
+                          depth_encoder=depth_encoder)
+
+
+def default_graphs(args: argparse.Namespace) -> list[str]:
+    """What the node runs with these weights: with an adapter, learned mode (RGB-D encoder);
+    without, zero-shot mode (RGB-only encoder); and the memory attention."""
+    return list(graphs_for(depth_encoder=bool(args.adapter)))
 
 

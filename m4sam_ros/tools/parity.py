@@ -14,7 +14,8 @@ import torch
 
 from m4sam_ros.depth import normalize_depth
 from m4sam_ros.engines.graph_engines import CompiledGraph, GraphMemoryAttention
-from m4sam_ros.engines.graphs import ENCODER_INPUTS, ENCODER_OUTPUTS, MEMORY_INPUTS, encoder_inputs, memory_inputs
+from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_RGB, MEMORY_ATTENTION,
+                                      MEMORY_INPUTS, encoder_inputs, memory_inputs)
 from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention
 from m4sam_ros.model.m4sam import M4SAM
 
@@ -76,20 +77,38 @@ def _to(device: torch.device, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     return {name: tensor.to(device) for name, tensor in tensors.items()}
 
 
-def encoder_parity(model: M4SAM, graph: CompiledGraph, frames: int = 3, seed: int = 0) -> list[ParityRow]:
-    """Encoder graph vs ``model.encode`` on one random input and ``frames`` synthetic frames."""
-    device = next(model.parameters()).device
+def _encoder_cases(model: M4SAM, frames: int, seed: int) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(label, RGB-D encoder inputs): one random input and ``frames`` synthetic frames."""
     cases = [("random", encoder_inputs(model, generator=torch.Generator().manual_seed(seed)))]
     for index, rgb, depth in synthetic_frames(frames, seed):
         label = f"synthetic frame {index}" + (" (no depth)" if depth is None else "")
         cases.append((label, frame_inputs(rgb, depth, model.config.image_size)))
+    return cases
+
+
+def encoder_parity(model: M4SAM, graph: CompiledGraph, frames: int = 3, seed: int = 0) -> list[ParityRow]:
+    """RGB-D encoder graph vs ``model.encode`` on one random input and ``frames`` synthetic frames."""
+    device = next(model.parameters()).device
     rows = []
-    for label, inputs in cases:
+    for label, inputs in _encoder_cases(model, frames, seed):
         inputs = _to(device, inputs)
         with torch.inference_mode():
             reference = dict(zip(ENCODER_OUTPUTS, model.encode(*(inputs[n] for n in ENCODER_INPUTS))))
         for output, error in compare_outputs(reference, graph.run(inputs)).items():
-            rows.append(ParityRow("encoder", label, output, error))
+            rows.append(ParityRow(ENCODER, label, output, error))
+    return rows
+
+
+def encoder_rgb_parity(model: M4SAM, graph: CompiledGraph, frames: int = 3, seed: int = 0) -> list[ParityRow]:
+    """RGB-only encoder graph vs ``model.encode_rgb`` on the same cases' RGB."""
+    device = next(model.parameters()).device
+    rows = []
+    for label, inputs in _encoder_cases(model, frames, seed):
+        rgb = inputs["rgb"].to(device)
+        with torch.inference_mode():
+            reference = dict(zip(ENCODER_OUTPUTS, model.encode_rgb(rgb)))
+        for output, error in compare_outputs(reference, graph.run({"rgb": rgb})).items():
+            rows.append(ParityRow(ENCODER_RGB, label.replace(" (no depth)", ""), output, error))
     return rows
 
 
@@ -108,7 +127,7 @@ def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4,
     inputs = _to(device, memory_inputs(model, slots, generator=torch.Generator().manual_seed(seed)))
     with torch.inference_mode():
         reference = {"pix_feat": static(*(inputs[n] for n in MEMORY_INPUTS))}
-    rows = [ParityRow("memory_attention", "random", "pix_feat", e)
+    rows = [ParityRow(MEMORY_ATTENTION, "random", "pix_feat", e)
             for e in compare_outputs(reference, graph.run(inputs)).values()]
     engine = GraphMemoryAttention(graph, model, slots, "graph", "fp32")
     tracker = SaliencyTracker(model, TrackerConfig(image_size=model.config.image_size, mode="learned"),
@@ -122,7 +141,10 @@ def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4,
                 sam2_reference = {"pix_feat": model.condition_on_memory(frame, view)}
             got = {"pix_feat": engine(frame, view)}
             label = f"synthetic frame {index}, bank of {len(tracker.bank)} frames"
-            rows += [ParityRow("memory_attention", label, "pix_feat", e)
+            rows += [ParityRow(MEMORY_ATTENTION, label, "pix_feat", e)
                      for e in compare_outputs(sam2_reference, got).values()]
         tracker.step(rgb, depth, stamp=index / 30.0)
     return rows
+
+
+PARITY_CHECKS = {ENCODER: encoder_parity, ENCODER_RGB: encoder_rgb_parity, MEMORY_ATTENTION: memory_attention_parity}
