@@ -15,8 +15,9 @@ frame's pointer never looks further away than that cap.
 
 Modes: ``learned`` (trained adapters: depth goes through the encoder, the first frame's
 mask comes from the model itself - pseudo-guided initialisation) and ``zero_shot``
-(official SAM2 weights only: the encoder sees RGB, as SAM2 was trained, and the first
-frame's mask is the depth/centre pseudo-prior, which SAM2 then propagates).
+(official SAM2 weights only: SAM2's own encoder sees RGB, as SAM2 was trained - adapters
+and fusion bypassed - and the first frame's mask is the depth/centre pseudo-prior, which
+SAM2 then propagates).
 """
 from __future__ import annotations
 
@@ -334,7 +335,7 @@ class SaliencyTracker:
         if reason == "stamp_backwards":
             self.extractor.reset()  # a bag loop or a new recording: old IDs mean nothing
 
-        # zero-shot: the encoder sees RGB only (the fusion is untrained); depth feeds the prior and 3D
+        # zero-shot: SAM2's own encoder sees RGB (adapters untrained); depth feeds the prior and 3D
         depth_to_encoder = depth_norm if self.mode == "learned" else None
         rgb_in, depth_in, present = (torch.from_numpy(a).to(self.device)
                                      for a in encoder_inputs(rgb, depth_to_encoder, self.config.image_size))
@@ -346,7 +347,9 @@ class SaliencyTracker:
         t1 = self._now()
 
         model = self.model
-        if depth_to_encoder is None:  # one modality: the encoder skips the depth pass entirely
+        if self.mode == "zero_shot":
+            frame = self._encoder.encode_sam2(rgb_in)
+        elif depth_to_encoder is None:  # depth dropped out: one modality, no depth pass
             frame = self._encoder.encode_rgb(rgb_in)
         else:
             frame = self._encoder(rgb_in, depth_in, present)

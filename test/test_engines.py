@@ -333,28 +333,31 @@ def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_pa
     assert caplog.text.count("cache hit") == 2 and "exporting" not in caplog.text
 
 
-def test_zero_shot_engines_run_the_rgb_only_graph(model, tmp_path, caplog):
-    """depth_encoder=False exports the one-modality encoder alone; it equals the model's
-    encode_rgb and refuses depth. The RGB-D engine answers encode_rgb through its own graph."""
+def test_zero_shot_engines_run_sam2s_encoder_graph(model, tmp_path, caplog):
+    """zero_shot=True exports SAM2's encoder alone; it equals the model's encode_sam2 and
+    refuses learned-mode calls. Learned-mode engines answer encode_rgb through the RGB-D graph."""
     rgb = encoder_inputs(model, generator=torch.Generator().manual_seed(4))["rgb"]
     with torch.inference_mode():
-        reference = model.encode_rgb(rgb)
+        sam2_reference, rgb_reference = model.encode_sam2(rgb), model.encode_rgb(rgb)
     with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):
         engines = create_engines(model, EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path),
-                                                       depth_encoder=False))
-    assert "exporting encoder_rgb" in caplog.text and "exporting encoder " not in caplog.text
-    assert set(engines.encoder.graphs) == {"encoder_rgb"}
-    assert not list(tmp_path.glob("encoder-*.onnx")) and list(tmp_path.glob("encoder_rgb-*.onnx"))
-    for got, ref in zip(engines.encoder.encode_rgb(rgb), reference):
+                                                       zero_shot=True))
+    assert "exporting encoder_sam2" in caplog.text and "exporting encoder " not in caplog.text
+    assert set(engines.encoder.graphs) == {"encoder_sam2"}
+    assert not list(tmp_path.glob("encoder-*.onnx")) and list(tmp_path.glob("encoder_sam2-*.onnx"))
+    for got, ref in zip(engines.encoder.encode_sam2(rgb), sam2_reference):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="built RGB-only"):
+    with pytest.raises(ValueError, match="no encoder graph, which learned mode runs"):
         engines.encoder(rgb, torch.zeros_like(rgb), torch.ones(1, 2))
-    with pytest.raises(ValueError, match=r"RGB-only encoder expects rgb of shape \(1, 3, 64, 64\)"):
-        engines.encoder.encode_rgb(rgb[..., :32])
-    rgbd = create_engines(model, EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path)))
-    for got, ref in zip(rgbd.encoder.encode_rgb(rgb), reference):  # falls back to the RGB-D graph, depth absent
+    with pytest.raises(ValueError, match=r"expects rgb of shape \(1, 3, 64, 64\)"):
+        engines.encoder.encode_sam2(rgb[..., :32])
+    learned = create_engines(model, EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="no encoder_sam2 graph, which zero-shot mode runs"):
+        learned.encoder.encode_sam2(rgb)
+    for got, ref in zip(learned.encoder.encode_rgb(rgb), rgb_reference):  # the RGB-D graph, depth absent
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
-    for got, ref in zip(TorchEncoder(model).encode_rgb(rgb), reference):
+    torch_engine = TorchEncoder(model)
+    for got, ref in zip(torch_engine.encode_sam2(rgb) + torch_engine.encode_rgb(rgb), sam2_reference + rgb_reference):
         torch.testing.assert_close(got, ref)
 
 

@@ -11,11 +11,11 @@ from onnx import TensorProto, helper
 from m4sam_ros.tools import export as export_cmd
 from m4sam_ros.engines.cache import ArtifactCache
 from m4sam_ros.engines.export import FORBIDDEN_OPS, OPSET, ExportError, cached_onnx, check_onnx, export_onnx
-from m4sam_ros.engines.graphs import (ENCODER_INPUTS, ENCODER_OUTPUTS, MEMORY_INPUTS, GraphSpec, encoder_rgb_spec,
+from m4sam_ros.engines.graphs import (ENCODER_INPUTS, ENCODER_OUTPUTS, MEMORY_INPUTS, GraphSpec, encoder_sam2_spec,
                                      encoder_spec, memory_attention_spec)
 from m4sam_ros.engines.onnxruntime_backend import OrtGraph
 from m4sam_ros.tools.model_args import default_graphs
-from m4sam_ros.tools.parity import encoder_parity, encoder_rgb_parity, memory_attention_parity, worst
+from m4sam_ros.tools.parity import encoder_parity, encoder_sam2_parity, memory_attention_parity, worst
 from m4sam_ros.model.m4sam import build_m4sam
 
 from test_engines import randomize_adapters
@@ -33,7 +33,7 @@ def test_model():
 def exported(test_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("onnx")
     return {"encoder": export_onnx(encoder_spec(test_model), directory / "encoder.onnx"),
-            "encoder_rgb": export_onnx(encoder_rgb_spec(test_model), directory / "encoder_rgb.onnx"),
+            "encoder_sam2": export_onnx(encoder_sam2_spec(test_model), directory / "encoder_sam2.onnx"),
             "memory_attention": export_onnx(memory_attention_spec(test_model), directory / "memory.onnx")}
 
 
@@ -55,8 +55,8 @@ def test_encoder_onnx_is_static_named_opset17_and_checked(exported):
     assert {p.key: p.value for p in model.metadata_props}["m4sam_graph"] == "encoder"
 
 
-def test_rgb_only_encoder_onnx_takes_rgb_alone(exported):
-    model = onnx.load(str(exported["encoder_rgb"]))
+def test_sam2_encoder_onnx_takes_rgb_alone(exported):
+    model = onnx.load(str(exported["encoder_sam2"]))
     assert _io(model, model.graph.input) == {"rgb": (1, 3, 128, 128)}
     rgbd = onnx.load(str(exported["encoder"]))
     assert _io(model, model.graph.output) == _io(rgbd, rgbd.graph.output)  # same outputs, same shapes
@@ -79,10 +79,10 @@ def test_encoder_parity_random_and_synthetic(test_model, exported):
     assert worst(rows).relative < TOLERANCE
 
 
-def test_rgb_only_encoder_parity_random_and_synthetic(test_model, exported):
-    rows = encoder_rgb_parity(test_model, OrtGraph(exported["encoder_rgb"]), frames=3)
+def test_sam2_encoder_parity_random_and_synthetic(test_model, exported):
+    rows = encoder_sam2_parity(test_model, OrtGraph(exported["encoder_sam2"]), frames=3)
     assert {r.inputs for r in rows} == {"random", "synthetic frame 0", "synthetic frame 1", "synthetic frame 2"}
-    assert {r.graph for r in rows} == {"encoder_rgb"}
+    assert {r.graph for r in rows} == {"encoder_sam2"}
     assert worst(rows).relative < TOLERANCE
 
 
@@ -99,8 +99,8 @@ def test_hiera_t_exports_with_parity(tmp_path):
     model = randomize_adapters(build_m4sam("hiera_t", image_size=128, seed=0))
     encoder = export_onnx(encoder_spec(model), tmp_path / "encoder.onnx")
     assert worst(encoder_parity(model, OrtGraph(encoder), frames=1)).relative < 1e-4
-    encoder_rgb = export_onnx(encoder_rgb_spec(model), tmp_path / "encoder_rgb.onnx")
-    assert worst(encoder_rgb_parity(model, OrtGraph(encoder_rgb), frames=1)).relative < 1e-4
+    encoder_sam2 = export_onnx(encoder_sam2_spec(model), tmp_path / "encoder_sam2.onnx")
+    assert worst(encoder_sam2_parity(model, OrtGraph(encoder_sam2), frames=1)).relative < 1e-4
     memory = export_onnx(memory_attention_spec(model), tmp_path / "memory.onnx")
     assert worst(memory_attention_parity(model, OrtGraph(memory), frames=2)).relative < 1e-4
 
@@ -160,7 +160,7 @@ def test_export_command_writes_files_and_reports_errors(tmp_path, capsys):
     assert export_cmd.run(args) == 0
     out = capsys.readouterr().out
     # no adapter: what a zero-shot node runs
-    for graph in ("encoder_rgb", "memory_attention"):
+    for graph in ("encoder_sam2", "memory_attention"):
         assert (tmp_path / f"m4sam-test-64-{graph}.onnx").is_file()
         assert f"{graph}: ONNX Runtime vs PyTorch max abs" in out
     assert not (tmp_path / "m4sam-test-64-encoder.onnx").exists()
@@ -176,5 +176,5 @@ def test_export_command_writes_files_and_reports_errors(tmp_path, capsys):
 def test_default_graphs_follow_the_mode_the_weights_give():
     parser = argparse.ArgumentParser()
     export_cmd.add_arguments(parser)
-    assert default_graphs(parser.parse_args([])) == ["encoder_rgb", "memory_attention"]
+    assert default_graphs(parser.parse_args([])) == ["encoder_sam2", "memory_attention"]
     assert default_graphs(parser.parse_args(["--adapter", "a.pt"])) == ["encoder", "memory_attention"]

@@ -162,7 +162,7 @@ def test_encode_rgb_equals_encode_without_depth_and_uses_rgb_experts_only():
         single = model.encode_rgb(rgb)
         for name, a, b in zip(pair._fields, pair, single):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
-        assert not any(d.rgb_only for d in model.moe_lora)  # routing restored after the pass
+        assert {d.routing for d in model.moe_lora} == {"pair"}  # routing restored after the pass
         for dispatcher in model.moe_lora:
             for expert in dispatcher.depth.experts:
                 expert.up.weight.mul_(3.0)
@@ -173,6 +173,29 @@ def test_encode_rgb_equals_encode_without_depth_and_uses_rgb_experts_only():
         assert not torch.allclose(model.encode_rgb(rgb).image_embed, single.image_embed)
     with pytest.raises(ValueError, match="encode_rgb expects rgb"):
         model.encode_rgb(rgb[:, :2])
+
+
+def test_encode_sam2_is_sam2s_own_image_encoder():
+    """Zero-shot features are exactly plain SAM2's, however the adapters and fusion are set."""
+    from sam2.modeling.sam2_base import SAM2Base
+    from m4sam_ros.model.m4sam import sam2_modules
+
+    model = build_m4sam("test", image_size=SIZE, seed=0)
+    _perturb_trainable(model)
+    sam2 = SAM2Base(**sam2_modules(model.config)).eval()
+    sam2.load_state_dict({k: v for k, v in model.state_dict().items() if k in model.frozen_keys()})
+    rgb, _, _ = _inputs(batch=2)
+    with torch.no_grad():
+        ours = model.encode_sam2(rgb)
+        backbone = sam2.forward_image(rgb)
+        _, features, positions, _ = sam2._prepare_backbone_features(backbone)
+    h = SIZE // 16
+    image_embed = features[-1].permute(1, 2, 0).reshape(2, -1, h, h)
+    assert torch.equal(ours.image_embed, image_embed)
+    assert torch.equal(ours.high_res_s4, backbone["backbone_fpn"][0])  # forward_image applies conv_s0
+    assert torch.equal(ours.high_res_s8, backbone["backbone_fpn"][1])
+    assert torch.equal(ours.pos_enc, positions[-1].permute(1, 2, 0).reshape(2, -1, h, h))
+    assert {d.routing for d in model.moe_lora} == {"pair"}
 
 
 def test_only_adapters_and_fusion_train(model):

@@ -76,7 +76,7 @@ class _CountingEncoder(TorchEncoder):
 
     def __init__(self, model):
         super().__init__(model)
-        self.calls = {"rgbd": 0, "rgb": 0}
+        self.calls = {"rgbd": 0, "rgb": 0, "sam2": 0}
 
     def __call__(self, rgb, depth, present):
         self.calls["rgbd"] += 1
@@ -85,6 +85,10 @@ class _CountingEncoder(TorchEncoder):
     def encode_rgb(self, rgb):
         self.calls["rgb"] += 1
         return super().encode_rgb(rgb)
+
+    def encode_sam2(self, rgb):
+        self.calls["sam2"] += 1
+        return super().encode_sam2(rgb)
 
 
 def test_engines_replace_encoder_and_memory_attention(video):
@@ -101,22 +105,22 @@ def test_engines_replace_encoder_and_memory_attention(video):
                               memory_attention=memory_attention)
     engine_run = _run(tracker, video[:3])
     plain_run = _run(_tracker(mode="learned"), video[:3])
-    assert encoder.calls == {"rgbd": 3, "rgb": 0} and calls == {"memory_attention": 3}
+    assert encoder.calls == {"rgbd": 3, "rgb": 0, "sam2": 0} and calls == {"memory_attention": 3}
     assert all(np.array_equal(a.probability, b.probability) for a, b in zip(engine_run, plain_run))
 
 
-def test_frames_without_depth_in_the_encoder_take_the_one_modality_pass(video):
-    """Zero-shot frames and learned-mode frames whose depth dropped out skip the depth pass,
-    with the same result as the RGB-D pass given depth marked absent."""
+def test_encoder_path_follows_mode_and_depth(video):
+    """Zero-shot frames run SAM2's own encoder; learned-mode frames whose depth dropped out
+    skip the depth pass, with the result of the RGB-D pass given depth marked absent."""
     model = randomize_adapters(build_m4sam("test", image_size=SIZE, seed=0))
     zero_shot = _CountingEncoder(model)
     _run(SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="zero_shot"), "cpu", encoder=zero_shot),
          video[:3])
-    assert zero_shot.calls == {"rgbd": 0, "rgb": 3}
+    assert zero_shot.calls == {"rgbd": 0, "rgb": 0, "sam2": 3}
     learned = _CountingEncoder(model)
     tracker = SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="learned"), "cpu", encoder=learned)
     fast = [tracker.step(f.rgb, None if f.index == 1 else f.depth_mm, f.index / 30.0) for f in video[:3]]
-    assert learned.calls == {"rgbd": 2, "rgb": 1}
+    assert learned.calls == {"rgbd": 2, "rgb": 1, "sam2": 0}
 
     class RgbdOnly(TorchEncoder):  # an engine without a one-modality path: the base class's fallback
         def encode_rgb(self, rgb):

@@ -1,6 +1,6 @@
 """The engine interface: one callable per exported stage, whatever runs it.
 
-The tracker swaps ``model.encode`` / ``model.encode_rgb`` for an ``EncoderEngine`` and
+The tracker swaps the model's encoders (``encode``, ``encode_rgb``, ``encode_sam2``) for an ``EncoderEngine`` and
 ``model.condition_on_memory`` for a ``MemoryAttentionEngine``; both take and return the
 same types as those model methods (torch tensors, float32, on ``engine.device``), so the
 rest of the tracker never knows which backend ran.
@@ -47,10 +47,10 @@ def check_encoder_inputs(rgb: torch.Tensor, depth: torch.Tensor, modality_presen
 
 
 def check_rgb_input(rgb: torch.Tensor, image_size: int, batch: int | None) -> None:
-    """Shape an RGB-only encoder accepts; ``batch`` None = any, else the exported one."""
+    """Shape an RGB-only encoder path accepts; ``batch`` None = any, else the exported one."""
     want = (rgb.shape[0] if batch is None else batch, 3, image_size, image_size)
     if tuple(rgb.shape) != want:
-        raise ValueError(f"RGB-only encoder expects rgb of shape {want}, got {tuple(rgb.shape)}")
+        raise ValueError(f"the RGB-only encoder expects rgb of shape {want}, got {tuple(rgb.shape)}")
 
 
 class Engine(ABC):
@@ -74,11 +74,15 @@ class EncoderEngine(Engine):
         """rgb, depth (B, 3, S, S) ImageNet-normalised; modality_present (B, 2) -> EncodedFrame."""
 
     def encode_rgb(self, rgb: torch.Tensor) -> EncodedFrame:
-        """Frames without depth (``M4SAM.encode_rgb``). This fallback feeds the RGB-D path zeros
-        and marks depth absent: the same result, at the cost of the depth pass that an engine
-        with a one-modality graph skips."""
+        """Learned mode, frames without depth (``M4SAM.encode_rgb``). This fallback feeds the RGB-D
+        path zeros and marks depth absent: the same result, at the cost of the depth pass that
+        the PyTorch engine skips (dropouts are rare; a graph for them would double the builds)."""
         absent = torch.tensor([[1.0, 0.0]], device=rgb.device).expand(rgb.shape[0], 2)
         return self(rgb, torch.zeros_like(rgb), absent)
+
+    @abstractmethod
+    def encode_sam2(self, rgb: torch.Tensor) -> EncodedFrame:
+        """Zero-shot mode: SAM2's own image encoder (``M4SAM.encode_sam2``); rgb (B, 3, S, S)."""
 
 
 class MemoryAttentionEngine(Engine):

@@ -20,7 +20,7 @@ from m4sam_ros.engines.base import EncoderEngine, EngineUnavailable, MemoryAtten
 from m4sam_ros.engines.cache import ArtifactCache, EngineKey, weights_hash
 from m4sam_ros.engines.export import ExportError, cached_onnx, onnx_key
 from m4sam_ros.engines.graph_engines import GraphEncoder, GraphMemoryAttention
-from m4sam_ros.engines.graphs import ENCODER, ENCODER_RGB, MEMORY_ATTENTION, graph_spec, graphs_for
+from m4sam_ros.engines.graphs import ENCODER, ENCODER_SAM2, MEMORY_ATTENTION, graph_spec, graphs_for
 from m4sam_ros.engines.memory_attention import MemorySlots
 from m4sam_ros.engines.selection import AUTO, Choice, Platform, select_backend
 from m4sam_ros.engines.tensorrt_backend import EngineBuildError
@@ -36,8 +36,8 @@ class EngineSettings:
     precision: auto | fp32 | fp16 | bf16 (int8 refused until calibration exists);
     cache_dir: exported graphs and engines (None = $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros);
     memory_attention: also run memory attention on the chosen backend (False keeps it in PyTorch);
-    depth_encoder: export/build the RGB-D encoder (learned mode); False builds the RGB-only one
-    (zero-shot mode, where depth never reaches the encoder: half the encoder's cost);
+    zero_shot: export/build SAM2's own encoder (zero-shot mode: one pass, no adapters) instead
+    of the RGB-D one (learned mode);
     workspace_gib: TensorRT builder workspace; threads: ONNX Runtime intra-op threads (0 = default)."""
 
     backend: str = AUTO
@@ -45,7 +45,7 @@ class EngineSettings:
     precision: str = AUTO
     cache_dir: str | None = None
     memory_attention: bool = True
-    depth_encoder: bool = True
+    zero_shot: bool = False
     workspace_gib: float = 4.0
     threads: int = 0
 
@@ -111,7 +111,7 @@ def _create(model: M4SAM, choice: Choice, settings: EngineSettings) -> Engines:
     model.to(device).eval()  # the bank is packed, and the light stages run, next to the graphs
     cache = ArtifactCache(settings.cache_dir)
     weights = weights_hash(model)
-    graphs = graphs_for(settings.depth_encoder, settings.memory_attention)
+    graphs = graphs_for(settings.zero_shot, settings.memory_attention)
     if choice.backend == "onnxruntime":
         from m4sam_ros.engines.onnxruntime_backend import OrtGraph
 
@@ -121,7 +121,7 @@ def _create(model: M4SAM, choice: Choice, settings: EngineSettings) -> Engines:
         compiled = {g: _tensorrt_graph(model, g, cache, choice, weights, settings) for g in graphs}
     else:
         raise ValueError(f"unknown backend {choice.backend!r}")
-    encoder = GraphEncoder({g: compiled[g] for g in (ENCODER, ENCODER_RGB) if g in compiled},
+    encoder = GraphEncoder({g: compiled[g] for g in (ENCODER, ENCODER_SAM2) if g in compiled},
                            choice.backend, choice.precision)
     if settings.memory_attention:
         memory = GraphMemoryAttention(compiled[MEMORY_ATTENTION], model, MemorySlots.for_model(model),

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from m4sam_ros.engines.base import EncoderEngine, MemoryAttentionEngine, check_encoder_inputs, check_rgb_input
-from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_RGB, ENCODER_RGB_INPUTS,
+from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_SAM2, ENCODER_SAM2_INPUTS,
                                       MEMORY_INPUTS, MEMORY_OUTPUTS, feature_size)
 from m4sam_ros.engines.memory_attention import MemorySlots, memory_tokens, pack_memory
 from m4sam_ros.model.m4sam import M4SAM, EncodedFrame, MemoryView
@@ -34,18 +34,17 @@ def _check_names(graph: CompiledGraph, inputs: tuple[str, ...], outputs: tuple[s
 
 
 class GraphEncoder(EncoderEngine):
-    """The RGB-D graph (``encoder``), the RGB-only one (``encoder_rgb``) or both. Frames
-    without depth take the RGB-only graph when there is one, else the RGB-D graph with
-    depth marked absent; RGB-D frames need the RGB-D graph."""
+    """The RGB-D graph (``encoder``, learned mode), SAM2's (``encoder_sam2``, zero-shot) or
+    both. Frames without depth in learned mode run the RGB-D graph with depth marked absent."""
 
     def __init__(self, graphs: dict[str, CompiledGraph], backend: str, precision: str):
-        if not graphs or set(graphs) - {ENCODER, ENCODER_RGB}:
-            raise ValueError(f"an encoder engine takes graphs {ENCODER} and/or {ENCODER_RGB}, got {sorted(graphs)}")
+        if not graphs or set(graphs) - {ENCODER, ENCODER_SAM2}:
+            raise ValueError(f"an encoder engine takes graphs {ENCODER} and/or {ENCODER_SAM2}, got {sorted(graphs)}")
         for name, graph in graphs.items():
             if name == ENCODER:
                 _check_names(graph, ENCODER_INPUTS, ENCODER_OUTPUTS, "RGB-D encoder")
             else:
-                _check_names(graph, ENCODER_RGB_INPUTS, ENCODER_OUTPUTS, "RGB-only encoder")
+                _check_names(graph, ENCODER_SAM2_INPUTS, ENCODER_OUTPUTS, "SAM2 encoder")
         shapes = {graph.input_shapes["rgb"] for graph in graphs.values()}
         if len(shapes) != 1:
             raise ValueError(f"the encoder graphs were exported for different inputs: {sorted(shapes)}")
@@ -53,19 +52,22 @@ class GraphEncoder(EncoderEngine):
         self.device = next(iter(graphs.values())).device
         self.batch, _, self.image_size, _ = shapes.pop()
 
+    def _graph(self, name: str, mode: str) -> CompiledGraph:
+        if name not in self.graphs:
+            raise ValueError(f"this encoder engine has no {name} graph, which {mode} mode runs; create the engines "
+                             f"with zero_shot={mode == 'zero-shot'}")
+        return self.graphs[name]
+
     def __call__(self, rgb: torch.Tensor, depth: torch.Tensor, modality_present: torch.Tensor) -> EncodedFrame:
-        if ENCODER not in self.graphs:
-            raise ValueError("this encoder engine was built RGB-only (zero-shot mode), so it cannot take depth; "
-                             "create the engines with depth_encoder=True for learned mode")
+        graph = self._graph(ENCODER, "learned")
         check_encoder_inputs(rgb, depth, modality_present, self.image_size, batch=self.batch)
-        out = self.graphs[ENCODER].run({"rgb": rgb, "depth": depth, "modality_present": modality_present})
+        out = graph.run({"rgb": rgb, "depth": depth, "modality_present": modality_present})
         return EncodedFrame(*(out[name] for name in ENCODER_OUTPUTS))
 
-    def encode_rgb(self, rgb: torch.Tensor) -> EncodedFrame:
-        if ENCODER_RGB not in self.graphs:
-            return super().encode_rgb(rgb)
+    def encode_sam2(self, rgb: torch.Tensor) -> EncodedFrame:
+        graph = self._graph(ENCODER_SAM2, "zero-shot")
         check_rgb_input(rgb, self.image_size, batch=self.batch)
-        out = self.graphs[ENCODER_RGB].run({"rgb": rgb})
+        out = graph.run({"rgb": rgb})
         return EncodedFrame(*(out[name] for name in ENCODER_OUTPUTS))
 
 

@@ -1,8 +1,9 @@
 """The exported graphs: their modules, tensor names and static shapes.
 
-``encoder`` (RGB-D, learned mode), ``encoder_rgb`` (frames without depth: zero-shot mode,
-half the encoder's cost) and ``memory_attention``. A node needs one of the two encoders
-and, unless it keeps memory attention in PyTorch, the memory attention (``graphs_for``).
+``encoder`` (RGB-D: ``M4SAM.encode``, learned mode), ``encoder_sam2`` (SAM2's own image
+encoder: ``M4SAM.encode_sam2``, zero-shot mode) and ``memory_attention``. A node needs one
+of the two encoders and, unless it keeps memory attention in PyTorch, the memory
+attention (``graphs_for``).
 
 Names are the contract between export, ONNX Runtime, TensorRT and the engines: change
 them here only. Shapes are static (batch, image size and memory slots fixed at export),
@@ -19,12 +20,12 @@ from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttentio
 from m4sam_ros.model.m4sam import M4SAM, EncodedFrame
 
 ENCODER = "encoder"
-ENCODER_RGB = "encoder_rgb"
+ENCODER_SAM2 = "encoder_sam2"
 MEMORY_ATTENTION = "memory_attention"
-GRAPHS = (ENCODER, ENCODER_RGB, MEMORY_ATTENTION)
+GRAPHS = (ENCODER, ENCODER_SAM2, MEMORY_ATTENTION)
 
 ENCODER_INPUTS = ("rgb", "depth", "modality_present")
-ENCODER_RGB_INPUTS = ("rgb",)
+ENCODER_SAM2_INPUTS = ("rgb",)
 ENCODER_OUTPUTS = EncodedFrame._fields  # image_embed, high_res_s4, high_res_s8, pos_enc
 MEMORY_INPUTS = ("image_embed", "pos_enc", "memory", "memory_pos", "memory_mask")
 MEMORY_OUTPUTS = ("pix_feat",)
@@ -41,15 +42,15 @@ class _EncoderGraph(nn.Module):
         return tuple(self.model.encode(rgb, depth, modality_present))
 
 
-class _EncoderRgbGraph(nn.Module):
-    """``M4SAM.encode_rgb`` as a plain tuple-returning module."""
+class _EncoderSam2Graph(nn.Module):
+    """``M4SAM.encode_sam2`` as a plain tuple-returning module."""
 
     def __init__(self, model: M4SAM):
         super().__init__()
         self.model = model
 
     def forward(self, rgb: torch.Tensor) -> tuple:
-        return tuple(self.model.encode_rgb(rgb))
+        return tuple(self.model.encode_sam2(rgb))
 
 
 @dataclass
@@ -94,16 +95,16 @@ def encoder_spec(model: M4SAM, batch: int = 1, generator: torch.Generator | None
                      signature={"batch": batch})
 
 
-def encoder_rgb_spec(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None) -> GraphSpec:
+def encoder_sam2_spec(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None) -> GraphSpec:
     inputs = {"rgb": encoder_inputs(model, batch, generator)["rgb"]}
-    return GraphSpec(name=ENCODER_RGB, module=_EncoderRgbGraph(model).eval(), inputs=inputs,
+    return GraphSpec(name=ENCODER_SAM2, module=_EncoderSam2Graph(model).eval(), inputs=inputs,
                      outputs=ENCODER_OUTPUTS, signature={"batch": batch})
 
 
-def graphs_for(depth_encoder: bool, memory_attention: bool = True) -> tuple[str, ...]:
-    """The graphs a tracker runs: the RGB-D encoder when depth reaches the encoder (learned
-    mode), else the RGB-only one; plus the memory attention unless it stays in PyTorch."""
-    return (ENCODER if depth_encoder else ENCODER_RGB,) + ((MEMORY_ATTENTION,) if memory_attention else ())
+def graphs_for(zero_shot: bool, memory_attention: bool = True) -> tuple[str, ...]:
+    """The graphs a tracker runs: SAM2's encoder in zero-shot mode, else the RGB-D one; plus
+    the memory attention unless it stays in PyTorch."""
+    return (ENCODER_SAM2 if zero_shot else ENCODER,) + ((MEMORY_ATTENTION,) if memory_attention else ())
 
 
 def memory_inputs(model: M4SAM, slots: MemorySlots, batch: int = 1, generator: torch.Generator | None = None,
@@ -139,8 +140,8 @@ def graph_spec(name: str, model: M4SAM, batch: int = 1, slots: MemorySlots | Non
                generator: torch.Generator | None = None) -> GraphSpec:
     if name == ENCODER:
         return encoder_spec(model, batch, generator)
-    if name == ENCODER_RGB:
-        return encoder_rgb_spec(model, batch, generator)
+    if name == ENCODER_SAM2:
+        return encoder_sam2_spec(model, batch, generator)
     if name == MEMORY_ATTENTION:
         return memory_attention_spec(model, slots, batch, generator)
     raise ValueError(f"unknown graph {name!r}; choose one of {GRAPHS}")

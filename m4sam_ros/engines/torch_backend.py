@@ -35,7 +35,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 class TorchEncoder(EncoderEngine):
-    """``model.encode`` / ``model.encode_rgb`` on ``device`` (the model is moved there)."""
+    """The model's encoders on ``device`` (the model is moved there)."""
 
     backend = "pytorch"
 
@@ -55,6 +55,12 @@ class TorchEncoder(EncoderEngine):
         check_rgb_input(rgb, self.image_size, batch=None)
         with torch.inference_mode(), _autocast(self.device, self.precision):
             frame = self.model.encode_rgb(rgb)
+        return EncodedFrame(*(t.float() for t in frame))
+
+    def encode_sam2(self, rgb: torch.Tensor) -> EncodedFrame:
+        check_rgb_input(rgb, self.image_size, batch=None)
+        with torch.inference_mode(), _autocast(self.device, self.precision):
+            frame = self.model.encode_sam2(rgb)
         return EncodedFrame(*(t.float() for t in frame))
 
 

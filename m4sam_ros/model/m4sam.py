@@ -8,7 +8,8 @@ official checkpoint loads strictly) with two trainable additions:
 * ``encode(rgb, depth, modality_present)`` - the heavy, stateless part (Hiera + adapters +
   FPN + fusion + SAM2's high-res projections). Tensors in, tensors out; also ``forward``,
   so it exports to ONNX / TensorRT as is. ``encode_rgb(rgb)`` is the same for frames
-  without depth (zero-shot, depth dropped out) at half the cost: one modality, one pass.
+  without depth (depth dropped out) at half the cost: one modality, one pass.
+  ``encode_sam2(rgb)`` is SAM2's own image encoder, adapters and fusion bypassed: zero-shot.
 * ``condition_on_memory`` / ``decode`` / ``mask_as_output`` / ``encode_memory`` - the light, stateful part,
   delegating to SAM2Base's own methods; the memory bank is owned by the caller (the
   tracker) and passed in explicitly as a ``MemoryView``.
@@ -36,7 +37,7 @@ from sam2.modeling.sam2_base import SAM2Base
 
 from m4sam_ros.model.config import M4SAMConfig, preset_config
 from m4sam_ros.model.fusion import GatedMultiLevelFusion
-from m4sam_ros.model.moe_lora import attach_moe_lora, rgb_only_routing
+from m4sam_ros.model.moe_lora import attach_moe_lora, routing
 
 # The only submodules that train; everything else is frozen SAM2.
 TRAINABLE_PREFIXES = ("moe_lora.", "fusion.")
@@ -202,12 +203,24 @@ class M4SAM(SAM2Base):
         the encoder cost. With depth absent the cross-modal gate is exactly 1, so the depth
         half of ``encode``'s batch is multiplied by zero; here it is never computed.
         rgb: (B, 3, S, S) ImageNet-normalised RGB -> EncodedFrame (see ``encode``)."""
-        size = self.config.image_size
-        if rgb.dim() != 4 or rgb.shape[1:] != (3, size, size):
-            raise ValueError(f"encode_rgb expects rgb of shape (B, 3, {size}, {size}), got {tuple(rgb.shape)}")
-        with rgb_only_routing(self.moe_lora):
+        self._check_rgb(rgb, "encode_rgb")
+        with routing(self.moe_lora, "rgb"):
             backbone = self.image_encoder(rgb)
         return self._encoded(self.fusion.refine(list(backbone["backbone_fpn"])), backbone["vision_pos_enc"][-1])
+
+    def encode_sam2(self, rgb: torch.Tensor) -> EncodedFrame:
+        """SAM2's own image features (as ``SAM2Base.forward_image``), MoE-LoRA and fusion bypassed:
+        zero-shot mode, where the adapters are untrained (they would add nothing but cost, and the
+        top-down gates would leak sigmoid(bias) of the coarse level). rgb: (B, 3, S, S)."""
+        self._check_rgb(rgb, "encode_sam2")
+        with routing(self.moe_lora, "off"):
+            backbone = self.image_encoder(rgb)
+        return self._encoded(list(backbone["backbone_fpn"]), backbone["vision_pos_enc"][-1])
+
+    def _check_rgb(self, rgb: torch.Tensor, what: str) -> None:
+        size = self.config.image_size
+        if rgb.dim() != 4 or rgb.shape[1:] != (3, size, size):
+            raise ValueError(f"{what} expects rgb of shape (B, 3, {size}, {size}), got {tuple(rgb.shape)}")
 
     def _encoded(self, fused: list[torch.Tensor], pos_enc: torch.Tensor) -> EncodedFrame:
         """Fused FPN levels (strides 4, 8, 16) -> what the decoder and memory stages read."""

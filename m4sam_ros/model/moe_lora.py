@@ -6,8 +6,8 @@ block's full (H, W) token grid, so the adapter sees local spatial context that a
 LoRA cannot (depth edges, object boundaries). A dispatcher sends the RGB half of the batch
 to the RGB experts and the depth half to the depth experts (plus, optionally, every
 sample to shared experts); inside a group a per-sample router weights the experts.
-Inside ``rgb_only_routing`` the whole batch is RGB (frames without depth, which need no
-depth pass at all).
+``routing`` switches this for a block of code: "rgb" - the whole batch is RGB (frames
+without depth need no depth pass); "off" - no update at all (SAM2's own encoder).
 
 The adapter is attached with forward hooks, so the frozen SAM2 modules and their
 state-dict keys stay untouched and an official checkpoint loads strictly:
@@ -98,8 +98,8 @@ class ModalityDispatcher(nn.Module):
     """MoE-LoRA update of one Hiera block's qkv.
 
     Input is the batch of two modalities, (2B, H, W, C_in): the first half goes to the RGB
-    experts, the second half to the depth experts; shared experts see all samples. With
-    ``rgb_only`` set the batch is (B, ...) RGB and all of it goes to the RGB experts.
+    experts, the second half to the depth experts; shared experts see all samples. Routing
+    "rgb": the batch is (B, ...) RGB, all of it to the RGB experts; "off": no update.
     """
 
     def __init__(self, dim_in: int, dim_out: int, window_size: int, config: M4SAMConfig):
@@ -109,11 +109,11 @@ class ModalityDispatcher(nn.Module):
         self.shared = ExpertGroup(dim_in, dim_out, config.shared_experts, config) if config.shared_experts else None
         self.scale = config.lora_scale
         self.window_size = window_size
-        self.rgb_only = False  # set by ``rgb_only_routing``
+        self.routing = "pair"  # set by ``routing``
         self._update: torch.Tensor | None = None  # handed from the norm1 hook to the qkv hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rgb_only:
+        if self.routing == "rgb":
             update = self.rgb(x)
         else:
             half = x.shape[0] // 2
@@ -128,12 +128,16 @@ class ModalityDispatcher(nn.Module):
                 block.attn.qkv.register_forward_hook(self._on_qkv)]
 
     def _on_norm1(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if self.routing == "off":
+            return
         update = self(output)  # (2B, H, W, 3C) on the full token grid
         if self.window_size > 0:  # the block windows its tokens before qkv: do the same
             update, _ = window_partition(update, self.window_size)
         self._update = update
 
     def _on_qkv(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.routing == "off":
+            return output
         if self._update is None:
             raise RuntimeError("MoE-LoRA: qkv ran without its block's norm1; call the Hiera blocks, not attn alone")
         update, self._update = self._update, None
@@ -151,13 +155,19 @@ def attach_moe_lora(blocks: nn.ModuleList, config: M4SAMConfig) -> tuple[nn.Modu
     return dispatchers, handles
 
 
+ROUTINGS = ("pair", "rgb", "off")
+
+
 @contextmanager
-def rgb_only_routing(dispatchers: nn.ModuleList) -> Iterator[None]:
-    """Within the block, every sample the encoder sees is RGB (no depth half in the batch)."""
+def routing(dispatchers: nn.ModuleList, mode: str) -> Iterator[None]:
+    """Within the block the encoder's batch is ``mode``: "pair" (B RGB then B depth, the
+    default), "rgb" (B RGB, no depth half) or "off" (adapters bypassed: SAM2's encoder)."""
+    if mode not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {mode!r}")
     for dispatcher in dispatchers:
-        dispatcher.rgb_only = True
+        dispatcher.routing = mode
     try:
         yield
     finally:
         for dispatcher in dispatchers:
-            dispatcher.rgb_only = False
+            dispatcher.routing = "pair"

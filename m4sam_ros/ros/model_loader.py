@@ -105,7 +105,7 @@ def build_tracker(settings: NodeSettings) -> tuple[SaliencyTracker, str]:
         engines = factory.create_engines(reference.model, factory.EngineSettings(
             backend=settings.engine.backend, device=device, precision=settings.engine.precision,
             cache_dir=settings.engine.cache_dir or None, threads=settings.engine.num_threads,
-            depth_encoder=reference.mode == "learned"))
+            zero_shot=reference.mode == "zero_shot"))
         tracker = SaliencyTracker(reference.model, reference.config, device=str(engines.device),
                                   encoder=engines.encoder, memory_attention=engines.memory_attention)
     except EngineUnavailable as exc:

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output-dir", type=Path, default=Path("runs/bench"), help="where the JSON and PNG go")
     group.add_argument("--no-peer", action="store_true", help="skip the SAM2 streaming comparison")
     group.add_argument("--mode", default="auto", choices=MODES,
-                       help="tracker mode (auto: learned with --adapter, else zero-shot, whose encoder sees RGB only)")
+                       help="tracker mode (auto: learned with --adapter, else zero-shot: SAM2's own encoder)")
 
 
 @dataclass
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     width, height = _parse_camera(args.camera)
     model = build_model(args)
     config = TrackerConfig(image_size=args.image_size, lost_score_threshold=0.0, gap_timeout_s=1e9, mode=args.mode)
-    engines = create_engines(model, engine_settings(args, depth_encoder=resolve_mode(config.mode, model) == "learned"))
+    engines = create_engines(model, engine_settings(args, zero_shot=resolve_mode(config.mode, model) == "zero_shot"))
     device = engines.device
     tracker = SaliencyTracker(model, config, device=str(device), encoder=engines.encoder,
                               memory_attention=engines.memory_attention)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (the GPU the engine is for)")
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=None,
                         help="graphs to build (default: what the node runs with these weights: with --adapter "
-                             "the RGB-D encoder, without it the RGB-only one; and the memory attention)")
+                             "the RGB-D encoder, without it SAM2's own (zero-shot); and the memory attention)")
     parser.add_argument("--cache-dir", default=None,
                         help="engine cache (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
     parser.add_argument("--workspace-gib", type=float, default=DEFAULT_WORKSPACE_GIB, help="TensorRT builder workspace")

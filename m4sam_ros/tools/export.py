@@ -1,4 +1,4 @@
-"""Export M4-SAM's encoders (RGB-D and RGB-only) and memory attention to ONNX; check ONNX Runtime parity.
+"""Export M4-SAM's encoders (RGB-D; SAM2's for zero-shot) and memory attention to ONNX; check ONNX Runtime parity.
 
 Static shapes (batch 1, the chosen input size, fixed memory slots), named inputs and
 outputs, opset 17 (native LayerNormalization, which TensorRT 8.6 - JetPack 5 - and 10
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("onnx"), help="where the .onnx files go")
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=None,
                         help="graphs to export (default: what the node runs with these weights: with --adapter "
-                             "the RGB-D encoder, without it the RGB-only one; and the memory attention)")
+                             "the RGB-D encoder, without it SAM2's own (zero-shot); and the memory attention)")
     parser.add_argument("--parity-frames", type=int, default=3,
                         help="synthetic RGB-D frames for the parity check (plus one random input)")
     parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime parity check")

@@ -43,16 +43,16 @@ def build_model(args: argparse.Namespace) -> M4SAM:
     return model.eval()
 
 
-def engine_settings(args: argparse.Namespace, depth_encoder: bool) -> EngineSettings:
-    """``depth_encoder``: the tracker runs in learned mode (depth reaches the encoder)."""
+def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings:
+    """``zero_shot``: the tracker runs in zero-shot mode (SAM2's own encoder)."""
     return EngineSettings(backend=args.backend, device=args.device, precision=args.precision,
                           cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine,
-                          depth_encoder=depth_encoder)
+                          zero_shot=zero_shot)
 
 
 def default_graphs(args: argparse.Namespace) -> list[str]:
     """What the node runs with these weights: with an adapter, learned mode (RGB-D encoder);
-    without, zero-shot mode (RGB-only encoder); and the memory attention."""
-    return list(graphs_for(depth_encoder=bool(args.adapter)))
+    without, zero-shot mode (SAM2's encoder); and the memory attention."""
+    return list(graphs_for(zero_shot=not args.adapter))
 
 

@@ -14,7 +14,7 @@ import torch
 
 from m4sam_ros.depth import normalize_depth
 from m4sam_ros.engines.graph_engines import CompiledGraph, GraphMemoryAttention
-from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_RGB, MEMORY_ATTENTION,
+from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_SAM2, MEMORY_ATTENTION,
                                       MEMORY_INPUTS, encoder_inputs, memory_inputs)
 from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention
 from m4sam_ros.model.m4sam import M4SAM
@@ -99,16 +99,16 @@ def encoder_parity(model: M4SAM, graph: CompiledGraph, frames: int = 3, seed: in
     return rows
 
 
-def encoder_rgb_parity(model: M4SAM, graph: CompiledGraph, frames: int = 3, seed: int = 0) -> list[ParityRow]:
-    """RGB-only encoder graph vs ``model.encode_rgb`` on the same cases' RGB."""
+def encoder_sam2_parity(model: M4SAM, graph: CompiledGraph, frames: int = 3, seed: int = 0) -> list[ParityRow]:
+    """SAM2-encoder graph vs ``model.encode_sam2`` on the same cases' RGB."""
     device = next(model.parameters()).device
     rows = []
     for label, inputs in _encoder_cases(model, frames, seed):
         rgb = inputs["rgb"].to(device)
         with torch.inference_mode():
-            reference = dict(zip(ENCODER_OUTPUTS, model.encode_rgb(rgb)))
+            reference = dict(zip(ENCODER_OUTPUTS, model.encode_sam2(rgb)))
         for output, error in compare_outputs(reference, graph.run({"rgb": rgb})).items():
-            rows.append(ParityRow(ENCODER_RGB, label.replace(" (no depth)", ""), output, error))
+            rows.append(ParityRow(ENCODER_SAM2, label.replace(" (no depth)", ""), output, error))
     return rows
 
 
@@ -147,4 +147,4 @@ def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4,
     return rows
 
 
-PARITY_CHECKS = {ENCODER: encoder_parity, ENCODER_RGB: encoder_rgb_parity, MEMORY_ATTENTION: memory_attention_parity}
+PARITY_CHECKS = {ENCODER: encoder_parity, ENCODER_SAM2: encoder_sam2_parity, MEMORY_ATTENTION: memory_attention_parity}
