@@ -60,6 +60,18 @@ def test_tensorrt_build_cache_hit_and_parity(model, tmp_path, caplog, precision,
     assert len(list(tmp_path.glob("*.engine"))) == 2 and any(tmp_path.glob("*.timing"))
 
 
+@needs_tensorrt
+def test_tensorrt_zero_shot_builds_sam2s_encoder(model, tmp_path):
+    engines = create_engines(model, EngineSettings(backend="tensorrt", precision="fp16", cache_dir=str(tmp_path),
+                                                   zero_shot=True))
+    rgb = encoder_inputs(model, generator=torch.Generator().manual_seed(0))["rgb"].cuda()
+    with torch.inference_mode():
+        reference = model.encode_sam2(rgb)
+    errors = compare_outputs(reference._asdict(), engines.encoder.encode_sam2(rgb)._asdict())
+    assert max(e.relative for e in errors.values()) < FP16_TOLERANCE
+    assert [p.name.split("-")[0] for p in sorted(tmp_path.glob("*.engine"))] == ["encoder_sam2", "memory_attention"]
+
+
 def test_onnxruntime_cuda_parity(model, tmp_path):
     import onnxruntime
 
