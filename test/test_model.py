@@ -91,6 +91,8 @@ def test_dispatcher_sends_each_half_to_its_modality_group():
         after = model.image_encoder.trunk(x)[-1]
     assert torch.equal(before[0], after[0])
     assert not torch.allclose(before[1], after[1])
+    with pytest.raises(ValueError, match="pair routing needs B RGB"), torch.no_grad():
+        model.forward_image(x[:1])  # SAM2Base's own entry point, one image: neither modality's half
 
 
 def test_router_top_k_weights_sum_to_one():

@@ -116,6 +116,9 @@ class ModalityDispatcher(nn.Module):
         if self.routing == "rgb":
             update = self.rgb(x)
         else:
+            if x.shape[0] % 2:  # a shape, not a value: static under tracing
+                raise ValueError(f"MoE-LoRA pair routing needs B RGB + B depth samples, got a batch of {x.shape[0]}; "
+                                 "encode one modality with M4SAM.encode_rgb or encode_sam2")
             half = x.shape[0] // 2
             update = torch.cat([self.rgb(x[:half]), self.depth(x[half:])], dim=0)  # (2B, H, W, C_out)
         if self.shared is not None:
