@@ -457,8 +457,10 @@ def test_monitor_rates_levels_and_problems():
     monitor.problems.record("encoding", "rgb/image: unsupported 'yuv422'")
     status = monitor.status(name="n", hardware_id="cpu", rgb_only=False, extra={}, hints=[])
     assert status.level == DiagnosticStatus.WARN and "yuv422" in status.message
+    counts, last = monitor.problems.snapshot()
     monitor.problems.record("inference", "RuntimeError: boom")
     monitor.problems.record("depth_size", "resized", warning=False)
+    assert counts == {"encoding": 1} and last.kind == "encoding"  # a copy: later records leave it alone
     assert monitor.status(name="n", hardware_id="cpu", rgb_only=False, extra={}, hints=[]).level == \
         DiagnosticStatus.ERROR
     clock.now += 10.0

@@ -80,6 +80,12 @@ class ProblemLog:
             self.counts[kind] = self.counts.get(kind, 0) + 1
             self.last = self._last_by_kind[kind] = Problem(kind, message, self._clock(), warning)
 
+    def snapshot(self) -> tuple[dict[str, int], Problem | None]:
+        """(counts by kind, latest problem), consistent with each other; the dict is a copy, as
+        iterating the live one while a callback adds a kind raises RuntimeError."""
+        with self._lock:
+            return dict(self.counts), self.last
+
     def recent_warning(self, within_s: float = RECENT_S, kind: str | None = None) -> Problem | None:
         """The newest warning (of ``kind``, if given) no older than ``within_s``."""
         with self._lock:
@@ -150,9 +156,9 @@ class PipelineMonitor:
                 "overlays_computed": self.overlays,
             }
         values.update(extra)
-        last = self.problems.last
-        values["problems"] = sum(self.problems.counts.values())
-        for kind, count in sorted(self.problems.counts.items()):
+        counts, last = self.problems.snapshot()
+        values["problems"] = sum(counts.values())
+        for kind, count in sorted(counts.items()):
             values[f"problems.{kind}"] = count
         values["last_error"] = f"[{last.kind}] {last.message}" if last else ""
         for i, hint in enumerate(hints):
