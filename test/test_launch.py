@@ -64,6 +64,15 @@ def test_launch_file_structure(name):
     assert NODE_INPUTS <= strings, "every node input must be remapped"
 
 
+def test_launch_files_offer_the_same_model_and_engine_overrides():
+    """Launch files stay self-contained (a copy each), so this keeps the copies equal."""
+    trees = [_module(path) for path in LAUNCH.values()]
+    overrides = [_assigned(tree, "OVERRIDES") for tree in trees]
+    assert overrides[0] == overrides[1]
+    rows = [{a[0]: a for a in _assigned(tree, "ARGUMENTS") if a[0] in overrides[0]} for tree in trees]
+    assert rows[0] == rows[1]
+
+
 def test_realsense_launch_camera_settings_and_topics():
     tree = _module(LAUNCH["realsense"])
     arguments = {a[0]: a[1] for a in _assigned(tree, "ARGUMENTS")}
