@@ -222,7 +222,9 @@ class TrtGraph:
             self.context.set_tensor_address(name, tensor.data_ptr())
         stream = torch.cuda.current_stream(self.device)
         # enqueued on torch's stream: later torch ops are ordered after it, and the caching
-        # allocator will not hand the input buffers to anyone before the engine is done with them
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+        # allocator will not hand the input buffers to anyone before the engine is done with them;
+        # TensorRT runs in the calling thread's current CUDA device, so make it the engine's (cuda:N)
+        with torch.cuda.device(self.device):
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         return outputs
