@@ -337,8 +337,11 @@ class SaliencyTracker:
 
         # zero-shot: SAM2's own encoder sees RGB (adapters untrained); depth feeds the prior and 3D
         depth_to_encoder = depth_norm if self.mode == "learned" else None
-        rgb_in, depth_in, present = (torch.from_numpy(a).to(self.device)
-                                     for a in encoder_inputs(rgb, depth_to_encoder, self.config.image_size))
+        arrays = encoder_inputs(rgb, depth_to_encoder, self.config.image_size)
+        rgb_in = torch.from_numpy(arrays[0]).to(self.device)
+        depth_in = present = None  # only the RGB-D path reads them: no zeros copied to the GPU
+        if depth_to_encoder is not None:
+            depth_in, present = (torch.from_numpy(a).to(self.device) for a in arrays[1:])
         prior_mask = None
         if reason is not None and self.mode == "zero_shot":
             size = self.config.image_size
@@ -349,7 +352,7 @@ class SaliencyTracker:
         model = self.model
         if self.mode == "zero_shot":
             frame = self._encoder.encode_sam2(rgb_in)
-        elif depth_to_encoder is None:  # depth dropped out: one modality, no depth pass
+        elif depth_in is None:  # depth dropped out: one modality, no depth pass
             frame = self._encoder.encode_rgb(rgb_in)
         else:
             frame = self._encoder(rgb_in, depth_in, present)

@@ -1,9 +1,9 @@
 """The engine interface: one callable per exported stage, whatever runs it.
 
-The tracker swaps the model's encoders (``encode``, ``encode_rgb``, ``encode_sam2``) for an ``EncoderEngine`` and
-``model.condition_on_memory`` for a ``MemoryAttentionEngine``; both take and return the
-same types as those model methods (torch tensors, float32, on ``engine.device``), so the
-rest of the tracker never knows which backend ran.
+The tracker swaps the model's encoders (``encode``, ``encode_rgb``, ``encode_sam2``) for an
+``EncoderEngine`` and ``model.condition_on_memory`` for a ``MemoryAttentionEngine``; both
+take and return the same types as those model methods (torch tensors, float32, on
+``engine.device``), so the rest of the tracker never knows which backend ran.
 """
 from __future__ import annotations
 
