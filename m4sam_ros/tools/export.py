@@ -1,4 +1,5 @@
-"""Export M4-SAM's encoders (RGB-D; SAM2's for zero-shot) and memory attention to ONNX; check ONNX Runtime parity.
+"""Export M4-SAM's graphs to ONNX and check ONNX Runtime parity: the RGB-D encoder (learned
+mode) or SAM2's encoder (zero-shot), and the memory attention.
 
 Static shapes (batch 1, the chosen input size, fixed memory slots), named inputs and
 outputs, opset 17 (native LayerNormalization, which TensorRT 8.6 - JetPack 5 - and 10
