@@ -59,7 +59,7 @@ def test_player_replays_a_generic_folder(tmp_path: Path) -> None:
     received = collect(topics, [sys.executable, "-m", "m4sam_ros.ros.player", "--root", str(tmp_path),
                                 "--layout", "generic", "--rate", "20"], seconds=60)
     rgb, depth, info = received["rgb/image"], received["depth/image"], received["rgb/camera_info"]
-    assert len(rgb) >= 10, f"only {len(rgb)} of 12 RGB frames arrived"
+    assert len(rgb) == 12, f"only {len(rgb)} of 12 RGB frames arrived (the player waits for a subscriber)"
     assert depth and info
     first = rgb_from_msg(rgb[0])
     assert first.shape == (48, 64, 3) and rgb[0].encoding == "rgb8"
@@ -76,6 +76,9 @@ def test_player_refuses_a_missing_folder(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "not a directory" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "m4sam_ros.ros.player", "--synthetic",
+                             "--wait-for-subscribers", "-1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--wait-for-subscribers must be >= 0" in result.stderr
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -114,8 +115,11 @@ class PlayerNode(Node):
         self.frames = self._source()
         self.published = 0
         self.done = False
+        self._wait_until = time.monotonic() + args.wait_for_subscribers
         self.create_timer(1.0 / args.rate, self._tick)
-        self.get_logger().info(f"playing {'synthetic video' if args.synthetic else args.root} at {args.rate:g} Hz")
+        self.get_logger().info(f"playing {'synthetic video' if args.synthetic else args.root} at {args.rate:g} Hz"
+                               + (f" once rgb/image has a subscriber (waiting up to {args.wait_for_subscribers:g} s)"
+                                  if args.wait_for_subscribers > 0 else ""))
 
     def _source(self) -> Iterator[PlayerFrame]:
         a = self.args
@@ -123,7 +127,15 @@ class PlayerNode(Node):
             return synthetic_frames(a.width, a.height, a.frames, a.seed)
         return folder_frames(a.root, a.layout, a.split, a.video)
 
+    def _waiting(self) -> bool:
+        """Before the first frame: no subscriber yet and still within --wait-for-subscribers
+        (frames published before discovery completes are lost to late subscribers)."""
+        return (not self.published and self.camera.rgb.get_subscription_count() == 0
+                and time.monotonic() < self._wait_until)
+
     def _tick(self) -> None:
+        if self._waiting():
+            return
         frame = next(self.frames, None)
         if frame is None and self.args.loop and self.published:
             self.frames = self._source()
@@ -150,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", action="store_true", help="start over at the end")
     parser.add_argument("--frame-id", default="camera_color_optical_frame", help="header.frame_id")
     parser.add_argument("--best-effort", action="store_true", help="BEST_EFFORT instead of RELIABLE QoS")
+    parser.add_argument("--wait-for-subscribers", type=float, default=5.0, metavar="SECONDS",
+                        help="hold the first frame until rgb/image has a subscriber, at most this long (0: no wait)")
     parser.add_argument("--width", type=int, default=320, help="synthetic: image width")
     parser.add_argument("--height", type=int, default=240, help="synthetic: image height")
     parser.add_argument("--frames", type=int, default=300, help="synthetic: video length")
@@ -162,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_in[1:])
     if args.rate <= 0:
         print("m4sam_player: --rate must be > 0", file=sys.stderr)
+        return 2
+    if args.wait_for_subscribers < 0:
+        print("m4sam_player: --wait-for-subscribers must be >= 0", file=sys.stderr)
         return 2
     rclpy.init(args=None if argv is None else list(argv))
     node = None
