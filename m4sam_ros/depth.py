@@ -97,3 +97,14 @@ def normalize_depth(depth: np.ndarray, config: DepthConfig = DepthConfig()) -> t
     normalised[~valid] = config.far_value
     np.clip(normalised, 0.0, 1.0, out=normalised)
     return normalised.astype(np.float32, copy=False), valid
+
+
+def fit_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Aligned depth of another resolution at (height, width): nearest neighbour sampling pixel
+    centres (interpolating depth would invent surfaces between objects, and corner sampling
+    shifts the map by half a pixel per scale step). The one depth resize of the package."""
+    if depth.shape[:2] == (height, width):
+        return depth
+    rows = ((np.arange(height) + 0.5) * depth.shape[0] / height).astype(np.intp)
+    cols = ((np.arange(width) + 0.5) * depth.shape[1] / width).astype(np.intp)
+    return depth[rows[:, None], cols[None, :]]

@@ -13,14 +13,16 @@ from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
 from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.engines.cache import ArtifactCache, EngineKey, weights_hash
 from m4sam_ros.engines.factory import EngineSettings, create_engines
-from m4sam_ros.engines.graphs import encoder_inputs
+from m4sam_ros.engines.graphs import example_encoder_inputs
 from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention, pack_memory
 from m4sam_ros.engines.progress import stage
 from m4sam_ros.engines.rope import repeat_tables, rope_tables, rotate
-from m4sam_ros.engines.selection import Platform, select_backend
+from m4sam_ros.engines.platform import Platform
+from m4sam_ros.engines.selection import select_backend
 from m4sam_ros.engines.tensorrt_backend import check_tensorrt_precision
 from m4sam_ros.engines.torch_backend import TorchEncoder, TorchMemoryAttention
-from m4sam_ros.model.m4sam import EncodedFrame, MemoryView, build_m4sam
+from m4sam_ros.model.m4sam import EncodedFrame, build_m4sam
+from m4sam_ros.model.memory import MemoryView
 
 SIZE = 64
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -32,7 +34,7 @@ def randomize_adapters(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.startswith(("moe_lora.", "fusion.")):
+            if name.startswith("adapter."):
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     return model
 
@@ -237,24 +239,39 @@ def test_build_engine_verb_explains_and_fails_cleanly(capsys):
 
 # ---- engine cache ------------------------------------------------------------------------
 
-KEY = EngineKey(graph="encoder", weights_sha256="ab" * 32, image_size=512, precision="fp16",
-                tensorrt_version="10.3.0", gpu_name="Orin (nvgpu)", compute_capability="8.7",
+TARGET = (("tensorrt_version", "10.3.0"), ("gpu_name", "Orin (nvgpu)"), ("compute_capability", "8.7"))
+KEY = EngineKey(graph="encoder", weights_sha256="ab" * 32, image_size=512, precision="fp16", target=TARGET,
                 signature=(("batch", 1), ("opset", 17)))
 CHANGED = {"graph": "memory_attention", "weights_sha256": "cd" * 32, "image_size": 1024, "precision": "fp32",
            "tensorrt_version": "8.6.2", "gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9",
            "signature": (("batch", 2), ("opset", 17))}
 
 
+def _changed(key: EngineKey, field: str, value) -> EngineKey:
+    """``key`` with one field, or one entry of its ``target``, set to ``value``."""
+    target = dict(key.target)
+    if field in target:
+        return dataclasses.replace(key, target=tuple(dict(target, **{field: value}).items()))
+    return dataclasses.replace(key, **{field: value})
+
+
+def _value(key: EngineKey, field: str):
+    return dict(key.target)[field] if field in dict(key.target) else getattr(key, field)
+
+
 def test_every_key_field_changes_the_key():
-    assert set(CHANGED) == {f.name for f in dataclasses.fields(EngineKey)}
+    fields = {f.name for f in dataclasses.fields(EngineKey)} - {"target"}
+    assert set(CHANGED) == fields | set(dict(TARGET))
     names = {KEY.stem(".engine")}
     for field, value in CHANGED.items():
-        other = dataclasses.replace(KEY, **{field: value})
+        other = _changed(KEY, field, value)
         assert other.digest() != KEY.digest(), field
-        assert KEY.differences(other) == {field: (getattr(KEY, field), value)}
+        assert KEY.differences(other) == {field: (_value(KEY, field), value)}
         names.add(other.stem(".engine"))
     assert len(names) == len(CHANGED) + 1
     assert EngineKey.from_dict(KEY.to_dict()) == KEY
+    portable = dataclasses.replace(KEY, target=())  # an ONNX file: no backend target
+    assert KEY.differences(portable) == {name: (value, "") for name, value in TARGET}
 
 
 def test_cache_hit_and_foreign_stale_or_corrupt_engines_refused(tmp_path, caplog):
@@ -263,7 +280,7 @@ def test_cache_hit_and_foreign_stale_or_corrupt_engines_refused(tmp_path, caplog
     assert cache.lookup(KEY, ".engine") == path and path.read_bytes() == b"engine-bytes"
 
     # a foreign engine (built with another TensorRT) copied under this key's name
-    newer = dataclasses.replace(KEY, tensorrt_version="10.4.0")
+    newer = _changed(KEY, "tensorrt_version", "10.4.0")
     foreign = cache.path(newer, ".engine")
     foreign.write_bytes(path.read_bytes())
     foreign.with_name(foreign.name + ".json").write_text(path.with_name(path.name + ".json").read_text())
@@ -279,7 +296,7 @@ def test_cache_hit_and_foreign_stale_or_corrupt_engines_refused(tmp_path, caplog
 
     path.with_name(path.name + ".json").unlink()
     assert cache.lookup(KEY, ".engine") is None
-    assert cache.lookup(dataclasses.replace(KEY, gpu_name="other"), ".engine") is None  # never built
+    assert cache.lookup(_changed(KEY, "gpu_name", "other"), ".engine") is None  # never built
 
 
 def test_weights_hash_follows_the_weights():
@@ -294,7 +311,7 @@ def test_weights_hash_follows_the_weights():
 # ---- PyTorch and ONNX Runtime engines ------------------------------------------------------
 
 def test_torch_engines_are_the_model(model):
-    inputs = encoder_inputs(model, generator=torch.Generator().manual_seed(0))
+    inputs = example_encoder_inputs(model, generator=torch.Generator().manual_seed(0))
     engine = TorchEncoder(model, "cpu")
     with torch.inference_mode():
         reference = model.encode(**inputs)
@@ -314,7 +331,7 @@ def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_pa
     settings = EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path))
     engines = create_engines(model, settings)
     assert engines.encoder.describe() == "onnxruntime on cpu (fp32)"
-    inputs = encoder_inputs(model, generator=torch.Generator().manual_seed(2))
+    inputs = example_encoder_inputs(model, generator=torch.Generator().manual_seed(2))
     frame = engines.encoder(**inputs)
     with torch.inference_mode():
         reference = model.encode(**inputs)
@@ -336,7 +353,7 @@ def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_pa
 def test_zero_shot_engines_run_sam2s_encoder_graph(model, tmp_path, caplog):
     """zero_shot=True exports SAM2's encoder alone; it equals the model's encode_sam2 and
     refuses learned-mode calls. Learned-mode engines answer encode_rgb through the RGB-D graph."""
-    rgb = encoder_inputs(model, generator=torch.Generator().manual_seed(4))["rgb"]
+    rgb = example_encoder_inputs(model, generator=torch.Generator().manual_seed(4))["rgb"]
     with torch.inference_mode():
         sam2_reference, rgb_reference = model.encode_sam2(rgb), model.encode_rgb(rgb)
     with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):

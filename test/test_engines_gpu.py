@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from m4sam_ros.engines.factory import EngineSettings, create_engines
-from m4sam_ros.engines.graphs import encoder_inputs
+from m4sam_ros.engines.graphs import example_encoder_inputs
 from m4sam_ros.tools.parity import compare_outputs
 from m4sam_ros.model.m4sam import build_m4sam
 
@@ -32,7 +32,7 @@ def model():
 
 
 def _worst_relative(engines, model) -> float:
-    inputs = {k: v.cuda() for k, v in encoder_inputs(model, generator=torch.Generator().manual_seed(0)).items()}
+    inputs = {k: v.cuda() for k, v in example_encoder_inputs(model, generator=torch.Generator().manual_seed(0)).items()}
     view = _bank(model, 5, 4, torch.Generator().manual_seed(1))  # CPU tensors -> GPU
     view.output_dict = {bucket: {t: {k: [x.cuda() for x in v] if isinstance(v, list) else v.cuda()
                                      for k, v in out.items()} for t, out in frames.items()}
@@ -64,7 +64,7 @@ def test_tensorrt_build_cache_hit_and_parity(model, tmp_path, caplog, precision,
 def test_tensorrt_zero_shot_builds_sam2s_encoder(model, tmp_path):
     engines = create_engines(model, EngineSettings(backend="tensorrt", precision="fp16", cache_dir=str(tmp_path),
                                                    zero_shot=True))
-    rgb = encoder_inputs(model, generator=torch.Generator().manual_seed(0))["rgb"].cuda()
+    rgb = example_encoder_inputs(model, generator=torch.Generator().manual_seed(0))["rgb"].cuda()
     with torch.inference_mode():
         reference = model.encode_sam2(rgb)
     errors = compare_outputs(reference._asdict(), engines.encoder.encode_sam2(rgb)._asdict())

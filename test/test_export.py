@@ -14,8 +14,9 @@ from m4sam_ros.engines.export import FORBIDDEN_OPS, OPSET, ExportError, cached_o
 from m4sam_ros.engines.graphs import (ENCODER_INPUTS, ENCODER_OUTPUTS, MEMORY_INPUTS, GraphSpec, encoder_sam2_spec,
                                      encoder_spec, memory_attention_spec)
 from m4sam_ros.engines.onnxruntime_backend import OrtGraph
-from m4sam_ros.tools.model_args import default_graphs
+from m4sam_ros.tools.model_args import default_graphs, model_from_args
 from m4sam_ros.tools.parity import encoder_parity, encoder_sam2_parity, memory_attention_parity, worst
+from m4sam_ros.model.checkpoint import save_adapter
 from m4sam_ros.model.m4sam import build_m4sam
 
 from test_engines import randomize_adapters
@@ -173,8 +174,11 @@ def test_export_command_writes_files_and_reports_errors(tmp_path, capsys):
     assert set(ENCODER_INPUTS) <= set(out.replace("(", " ").split())
 
 
-def test_default_graphs_follow_the_mode_the_weights_give():
+def test_default_graphs_follow_the_mode_the_weights_give(tmp_path):
     parser = argparse.ArgumentParser()
     export_cmd.add_arguments(parser)
-    assert default_graphs(parser.parse_args([])) == ["encoder_sam2", "memory_attention"]
-    assert default_graphs(parser.parse_args(["--adapter", "a.pt"])) == ["encoder", "memory_attention"]
+    adapter = save_adapter(build_m4sam("test", image_size=64), tmp_path / "a.pt")
+    no_adapter, with_adapter = (model_from_args(parser.parse_args(["--image-size", "64", *extra]))
+                                for extra in ([], ["--adapter", str(adapter)]))
+    assert default_graphs(no_adapter) == ["encoder_sam2", "memory_attention"]
+    assert default_graphs(with_adapter) == ["encoder", "memory_attention"]

@@ -10,9 +10,10 @@ import torch
 from sam2.modeling.backbones.hieradet import Hiera
 
 from m4sam_ros.model import M4SAMConfig, build_m4sam, parameter_counts, preset_config
-from m4sam_ros.model.fusion import GatedMultiLevelFusion
+from m4sam_ros.model.adapters import current_routing
+from m4sam_ros.model.adapters.fusion import GatedMultiLevelFusion
 from m4sam_ros.model.m4sam import TRAINABLE_PREFIXES, modality_dropout
-from m4sam_ros.model.moe_lora import ExpertRouter
+from m4sam_ros.model.adapters.moe_lora import ExpertRouter
 
 SIZE = 64
 
@@ -85,7 +86,7 @@ def test_dispatcher_sends_each_half_to_its_modality_group():
     x = torch.randn(2, 3, SIZE, SIZE)  # sample 0 = RGB, sample 1 = depth
     with torch.no_grad():
         before = model.image_encoder.trunk(x)[-1]
-        for dispatcher in model.moe_lora:
+        for dispatcher in model.adapter.moe_lora:
             for expert in dispatcher.depth.experts:
                 expert.up.weight.mul_(3.0)
         after = model.image_encoder.trunk(x)[-1]
@@ -105,9 +106,9 @@ def test_router_top_k_weights_sum_to_one():
 
 
 def test_router_is_per_modality_and_per_sample(model):
-    dispatcher = model.moe_lora[0]
+    dispatcher = model.adapter.moe_lora[0]
     assert dispatcher.rgb.router is not dispatcher.depth.router
-    assert len(dispatcher.rgb.experts) == len(dispatcher.depth.experts) == model.config.experts_per_modality
+    assert len(dispatcher.rgb.experts) == len(dispatcher.depth.experts) == model.config.adapter.experts_per_modality
     kernels = [e.conv.kernel_size[0] for e in dispatcher.rgb.experts]
     assert kernels == [1, 3, 5]  # experts see different neighbourhoods
     tokens = torch.randn(3, 16, 16, dispatcher.rgb.router.proj.in_features)
@@ -164,12 +165,12 @@ def test_encode_rgb_equals_encode_without_depth_and_uses_rgb_experts_only():
         single = model.encode_rgb(rgb)
         for name, a, b in zip(pair._fields, pair, single):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
-        assert {d.routing for d in model.moe_lora} == {"pair"}  # routing restored after the pass
-        for dispatcher in model.moe_lora:
+        assert current_routing() == "pair"  # routing restored after the pass
+        for dispatcher in model.adapter.moe_lora:
             for expert in dispatcher.depth.experts:
                 expert.up.weight.mul_(3.0)
         assert torch.equal(model.encode_rgb(rgb).image_embed, single.image_embed)
-        for dispatcher in model.moe_lora:
+        for dispatcher in model.adapter.moe_lora:
             for expert in dispatcher.rgb.experts:
                 expert.up.weight.mul_(3.0)
         assert not torch.allclose(model.encode_rgb(rgb).image_embed, single.image_embed)
@@ -197,13 +198,13 @@ def test_encode_sam2_is_sam2s_own_image_encoder():
     assert torch.equal(ours.high_res_s4, backbone["backbone_fpn"][0])  # forward_image applies conv_s0
     assert torch.equal(ours.high_res_s8, backbone["backbone_fpn"][1])
     assert torch.equal(ours.pos_enc, positions[-1].permute(1, 2, 0).reshape(2, -1, h, h))
-    assert {d.routing for d in model.moe_lora} == {"pair"}
+    assert current_routing() == "pair"
 
 
 def test_only_adapters_and_fusion_train(model):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(TRAINABLE_PREFIXES) for n in trainable)
-    assert any(n.startswith("moe_lora.") for n in trainable) and any(n.startswith("fusion.") for n in trainable)
+    assert any(n.startswith("adapter.moe_lora.") for n in trainable) and any(n.startswith("adapter.fusion.") for n in trainable)
     counts = parameter_counts(model)
     assert counts["trainable"] == counts["moe_lora"] + counts["fusion"] > 0
     assert counts["total"] == sum(p.numel() for p in model.parameters())
@@ -213,7 +214,7 @@ def test_only_adapters_and_fusion_train(model):
     rgb, depth, present = _inputs(batch=1)
     trained.encode(rgb, depth, present).image_embed.square().mean().backward()
     grads = {n: p.grad for n, p in trained.named_parameters() if p.grad is not None}
-    assert any(n.startswith("moe_lora.") for n in grads) and any(n.startswith("fusion.") for n in grads)
+    assert any(n.startswith("adapter.moe_lora.") for n in grads) and any(n.startswith("adapter.fusion.") for n in grads)
     assert all(n.startswith(TRAINABLE_PREFIXES) for n in grads)
 
 

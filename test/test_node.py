@@ -43,9 +43,9 @@ from m4sam_ros.ros.conversions import image_msg, intrinsics_from_info, objects_m
 from m4sam_ros.ros.diagnostics import PipelineMonitor
 from m4sam_ros.ros.frames import prepare_frame
 from m4sam_ros.ros.markers import build_markers
-from m4sam_ros.ros.model_loader import StartupError, check_model_files, resolve_device
+from m4sam_ros.ros.model_loader import StartupError, check_model_files, node_device
 from m4sam_ros.ros.overlay import render_overlay
-from m4sam_ros.ros.parameters import PARAMETERS, NodeSettings, check, defaults, markdown_table
+from m4sam_ros.ros.parameters import PARAMETERS, NodeParameters, check, defaults, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "m4sam.yaml"
@@ -355,15 +355,15 @@ def test_parameter_table_descriptors_and_checks():
     assert check("engine.backend", "cuda") and "one of" in check("engine.backend", "cuda")
     assert check("engine.device", "cuda:1") is None and "cuda:N" in check("engine.device", "gpu")
     assert check("model.preset", "test") is None and check("model.preset", "hiera_x")
-    settings = NodeSettings.from_values(defaults())
+    settings = NodeParameters.from_values(defaults())
     assert settings.sync.slop == by_name["sync.slop"].default and settings.model.preset == "hiera_t"
     with pytest.raises(ValueError, match="missing parameters: mask_threshold"):
-        NodeSettings.from_values({k: v for k, v in defaults().items() if k != "mask_threshold"})
+        NodeParameters.from_values({k: v for k, v in defaults().items() if k != "mask_threshold"})
     assert "`mask_threshold` | double | 0.5 |" in markdown_table()
 
 
 def test_startup_checks_name_the_file_and_the_fix(tmp_path):
-    settings = NodeSettings.from_values(defaults())
+    settings = NodeParameters.from_values(defaults())
     with pytest.raises(StartupError, match="sam2.1_hiera_tiny.pt.*model.sam2_checkpoint"):
         check_model_files(settings.model)
     missing = replace(settings.model, sam2_checkpoint=str(tmp_path / "nope.pt"))
@@ -374,7 +374,7 @@ def test_startup_checks_name_the_file_and_the_fix(tmp_path):
     assert check_model_files(replace(settings.model, sam2_checkpoint=str(checkpoint))) == (checkpoint, None)
     with pytest.raises(StartupError, match="adapter weights not found"):
         check_model_files(replace(settings.model, preset="test", adapter=str(tmp_path / "a.pt")))
-    assert resolve_device(replace(settings.engine, device="cpu")) == "cpu"
+    assert node_device(replace(settings.engine, device="cpu")) == torch.device("cpu")
 
 
 def test_prepare_frame_fits_depth_or_drops_it():

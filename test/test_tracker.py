@@ -14,7 +14,9 @@ from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 from m4sam_ros.model import IMAGENET_MEAN, IMAGENET_STD, build_m4sam
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.prior import PriorConfig, saliency_prior
-from m4sam_ros.tracker import STAGES, MemoryBank, MemoryEntry, SaliencyTracker, TrackerConfig, encoder_inputs
+from m4sam_ros.model.memory import MemoryBank, MemoryEntry
+from m4sam_ros.preprocess import model_inputs
+from m4sam_ros.tracker import STAGES, SaliencyTracker, TrackerConfig
 
 from test_engines import randomize_adapters
 
@@ -57,17 +59,17 @@ def test_step_result_at_input_resolution(video):
     assert (second.reinitialized, second.memory_frames) == (None, 2)
 
 
-def test_encoder_inputs_preprocessing():
+def test_model_inputs_preprocessing():
     """ImageNet normalisation of RGB and of depth repeated to 3 channels, at model size."""
     rgb = np.full((30, 40, 3), 255, dtype=np.uint8)
     depth = np.zeros((30, 40), dtype=np.float32)
-    rgb_in, depth_in, present = encoder_inputs(rgb, depth, SIZE)
+    rgb_in, depth_in, present = model_inputs(rgb, depth, SIZE)
     assert rgb_in.shape == depth_in.shape == (1, 3, SIZE, SIZE) and rgb_in.dtype == np.float32
     mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
     np.testing.assert_allclose(rgb_in[0, :, 5, 5], (1.0 - mean) / std, rtol=1e-6)
     np.testing.assert_allclose(depth_in[0, :, 5, 5], (0.0 - mean) / std, rtol=1e-6)
     assert present.tolist() == [[1.0, 1.0]]
-    _, no_depth, absent = encoder_inputs(rgb, None, SIZE)
+    _, no_depth, absent = model_inputs(rgb, None, SIZE)
     assert not no_depth.any() and absent.tolist() == [[1.0, 0.0]]
 
 
@@ -174,9 +176,9 @@ def test_memory_bank_is_bounded_over_500_frames():
     for i in range(500):
         result = tracker.step(frames[i % 5], depths[i % 5], i / 30.0)
         assert result.reinitialized in ("start", None, "lost")
-        counts.append(len(tracker.bank.tensors()))
-        sizes.append(tracker.bank.nbytes())
-        view = tracker.bank.view()
+        counts.append(len(tracker.memory.tensors()))
+        sizes.append(tracker.memory.nbytes())
+        view = tracker.memory.view()
         indices.append(max([view.frame_index, *view.output_dict["non_cond_frame_outputs"]]))
         memory.append(result.memory_frames)
     cap = tracker.model.max_obj_ptrs_in_encoder
@@ -220,7 +222,7 @@ def test_bank_matches_sam2_track_step_before_the_index_cap():
     assert [r.reinitialized for r in results[1:]] == [None] * 11, "test needs a stream without re-init"
     with torch.inference_mode():
         for index, rgb in enumerate(frames):
-            enc = model.encode(*(torch.from_numpy(a) for a in encoder_inputs(rgb, None, SIZE)))
+            enc = model.encode(*(torch.from_numpy(a) for a in model_inputs(rgb, None, SIZE)))
             feats = [enc.high_res_s4, enc.high_res_s8, enc.image_embed]
             out = model.track_step(
                 frame_idx=index, is_init_cond_frame=index == 0,

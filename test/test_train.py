@@ -63,8 +63,8 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_training_forward_equals_the_tracker_stream(tmp_path):
-    """No train/test skew: the training clip path (tracker's encoder_inputs, init frame,
-    MemoryBank) in eval mode gives the tracker's own probabilities, frame by frame."""
+    """No train/test skew: the training clip path (the tracker's model_inputs, init frame,
+    memory step) in eval mode gives the tracker's own probabilities, frame by frame."""
     write_video(tmp_path, "v", SyntheticConfig(height=48, width=64, frames=4, seed=1, missing_depth_prob=0.3))
     frames = [load_frame(r) for r in open_dataset(tmp_path).videos[0].frames]
     assert any(f.depth is None for f in frames) and any(f.depth is not None for f in frames)
@@ -83,7 +83,7 @@ def test_training_forward_equals_the_tracker_stream(tmp_path):
 
 def test_only_adapters_train_unless_train_all(tmp_path, caplog):
     frozen = Trainer(_config(tmp_path, "frozen"))
-    assert frozen.named_trainable and all(n.startswith(("moe_lora.", "fusion.")) for n in frozen.named_trainable)
+    assert frozen.named_trainable and all(n.startswith("adapter.") for n in frozen.named_trainable)
     with caplog.at_level(logging.WARNING, logger="m4sam.train"):
         everything = Trainer(_config(tmp_path, "all", train_all=True))
     assert "--train-all: training ALL" in caplog.text

@@ -11,14 +11,23 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from m4sam_ros.model.m4sam import EncodedFrame, MemoryView
+from m4sam_ros.model.m4sam import EncodedFrame
+from m4sam_ros.model.memory import MemoryView
 
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+# every precision the package names; each backend runs the subset its row in backends.py lists
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class EngineUnavailable(RuntimeError):
     """A backend cannot run here; the message says why and what to use instead."""
+
+
+class ExportError(RuntimeError):
+    """The exported graph is invalid or contains something the engines cannot run."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse the ONNX or build an engine from it."""
 
 
 def check_precision(backend: str, precision: str, supported: tuple[str, ...]) -> str:
@@ -56,7 +65,7 @@ def check_rgb_input(rgb: torch.Tensor, image_size: int, batch: int | None) -> No
 class Engine(ABC):
     """What every engine tells about itself (for logs, diagnostics and the benchmark)."""
 
-    backend: str  # one of BACKENDS
+    backend: str  # a name of backends.BACKENDS
     device: torch.device  # where inputs are expected and outputs are returned
     precision: str  # one of PRECISIONS (the compute precision; I/O is always float32)
 

@@ -50,16 +50,15 @@ def weights_hash(model: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class EngineKey:
-    """What a compiled graph depends on. ``tensorrt_version``/``gpu_*`` are empty for ONNX files
-    (portable); ``signature`` holds the static shapes baked in (batch, memory slots, opset)."""
+    """What a compiled graph depends on. ``target`` names what a backend's compiled file is
+    tied to beyond weights, size and precision (TensorRT: its version and the GPU; empty for
+    portable ONNX files); ``signature`` holds the static shapes baked in (batch, memory slots, opset)."""
 
     graph: str
     weights_sha256: str
     image_size: int
     precision: str
-    tensorrt_version: str = ""
-    gpu_name: str = ""
-    compute_capability: str = ""
+    target: tuple[tuple[str, str], ...] = ()
     signature: tuple[tuple[str, object], ...] = ()
 
     @classmethod
@@ -67,25 +66,29 @@ class EngineKey:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(values) != known:
             raise ValueError(f"engine key fields {sorted(values)} differ from {sorted(known)}")
-        values = dict(values, signature=tuple((k, v) for k, v in values["signature"]))
-        return cls(**values)
+        return cls(**dict(values, target=tuple((k, v) for k, v in values["target"]),
+                          signature=tuple((k, v) for k, v in values["signature"])))
 
     def to_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), signature=[list(item) for item in self.signature])
+        return dict(dataclasses.asdict(self), target=[list(item) for item in self.target],
+                    signature=[list(item) for item in self.signature])
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def differences(self, other: "EngineKey") -> dict[str, tuple]:
-        """field -> (this key's value, other's value) for every field that differs."""
-        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(other, f.name)}
+        """field -> (this key's value, other's value) for every field that differs; the
+        entries of ``target`` are compared one by one, under their own names."""
+        differences = {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
+                       if f.name != "target" and getattr(self, f.name) != getattr(other, f.name)}
+        mine, theirs = dict(self.target), dict(other.target)
+        differences.update({name: (mine.get(name, ""), theirs.get(name, "")) for name in sorted(mine.keys() | theirs)
+                            if mine.get(name, "") != theirs.get(name, "")})
+        return differences
 
     def stem(self, suffix: str) -> str:
-        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower()
-        parts = [self.graph, str(self.image_size), self.precision]
-        if gpu:
-            parts += [gpu, f"sm{self.compute_capability}"]
+        target = [re.sub(r"[^A-Za-z0-9.]+", "-", value).strip("-").lower() for _, value in self.target]
+        parts = [self.graph, str(self.image_size), self.precision, *target]
         return "-".join([part for part in parts if part] + [self.digest()]) + suffix
 
 
@@ -160,8 +163,8 @@ class ArtifactCache:
         log.info("cached %s", path)
         return path
 
-    def timing_cache_path(self, tensorrt_version: str, gpu_name: str, compute_capability: str) -> Path:
-        """TensorRT's timing cache is per TensorRT version and GPU, like engines; shared by all graphs."""
-        key = EngineKey(graph="timing", weights_sha256="", image_size=0, precision="",
-                        tensorrt_version=tensorrt_version, gpu_name=gpu_name, compute_capability=compute_capability)
+    def timing_cache_path(self, target: tuple[tuple[str, str], ...]) -> Path:
+        """TensorRT's timing cache is per TensorRT version and GPU (the engines' ``target``);
+        shared by all graphs."""
+        key = EngineKey(graph="timing", weights_sha256="", image_size=0, precision="", target=target)
         return self.path(key, ".timing")

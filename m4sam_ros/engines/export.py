@@ -22,6 +22,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from m4sam_ros.engines.base import ExportError
 from m4sam_ros.engines.cache import ArtifactCache, EngineKey, weights_hash
 from m4sam_ros.engines.graphs import GraphSpec, graph_spec
 from m4sam_ros.engines.memory_attention import MemorySlots
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 OPSET = 17
 # Ops TensorRT cannot take (control flow) or that mean a complex-number path leaked in.
 FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "SequenceConstruct", "DFT", "STFT"})
-
-
-class ExportError(RuntimeError):
-    """The exported graph is invalid or contains something the engines cannot run."""
 
 
 def check_onnx(model: onnx.ModelProto) -> None:

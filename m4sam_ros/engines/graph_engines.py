@@ -16,7 +16,8 @@ from m4sam_ros.engines.base import EncoderEngine, MemoryAttentionEngine, check_e
 from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_SAM2, ENCODER_SAM2_INPUTS,
                                       MEMORY_INPUTS, MEMORY_OUTPUTS, feature_size)
 from m4sam_ros.engines.memory_attention import MemorySlots, memory_tokens, pack_memory
-from m4sam_ros.model.m4sam import M4SAM, EncodedFrame, MemoryView
+from m4sam_ros.model.m4sam import M4SAM, EncodedFrame
+from m4sam_ros.model.memory import MemoryView
 
 
 class CompiledGraph(Protocol):

@@ -76,7 +76,7 @@ def feature_size(model: M4SAM) -> tuple[int, int]:
     return model.config.image_size // 16, model.config.image_size // 16
 
 
-def encoder_inputs(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None,
+def example_encoder_inputs(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None,
                    modality_present: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
     """Random ImageNet-normalised-like inputs of the encoder's static shape (seed 0 by default:
     exporting never touches the caller's global RNG)."""
@@ -91,23 +91,24 @@ def encoder_inputs(model: M4SAM, batch: int = 1, generator: torch.Generator | No
 
 def encoder_spec(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None) -> GraphSpec:
     return GraphSpec(name=ENCODER, module=_EncoderGraph(model).eval(),
-                     inputs=encoder_inputs(model, batch, generator), outputs=ENCODER_OUTPUTS,
+                     inputs=example_encoder_inputs(model, batch, generator), outputs=ENCODER_OUTPUTS,
                      signature={"batch": batch})
 
 
 def encoder_sam2_spec(model: M4SAM, batch: int = 1, generator: torch.Generator | None = None) -> GraphSpec:
-    inputs = {"rgb": encoder_inputs(model, batch, generator)["rgb"]}
+    inputs = {"rgb": example_encoder_inputs(model, batch, generator)["rgb"]}
     return GraphSpec(name=ENCODER_SAM2, module=_EncoderSam2Graph(model).eval(), inputs=inputs,
                      outputs=ENCODER_OUTPUTS, signature={"batch": batch})
 
 
-def graphs_for(zero_shot: bool, memory_attention: bool = True) -> tuple[str, ...]:
+def graphs_for(model: M4SAM, zero_shot: bool, memory_attention: bool = True) -> tuple[str, ...]:
     """The graphs a tracker runs: SAM2's encoder in zero-shot mode, else the RGB-D one; plus
-    the memory attention unless it stays in PyTorch."""
-    return (ENCODER_SAM2 if zero_shot else ENCODER,) + ((MEMORY_ATTENTION,) if memory_attention else ())
+    the memory attention when the mode's temporal memory uses it and it does not stay in PyTorch."""
+    attention = memory_attention and model.uses_memory_attention(zero_shot)
+    return (ENCODER_SAM2 if zero_shot else ENCODER,) + ((MEMORY_ATTENTION,) if attention else ())
 
 
-def memory_inputs(model: M4SAM, slots: MemorySlots, batch: int = 1, generator: torch.Generator | None = None,
+def example_memory_inputs(model: M4SAM, slots: MemorySlots, batch: int = 1, generator: torch.Generator | None = None,
                   filled_fraction: float = 0.5) -> dict[str, torch.Tensor]:
     """Random inputs of the memory-attention graph's static shape, part of the slots empty."""
     generator = generator or torch.Generator().manual_seed(0)
@@ -130,7 +131,7 @@ def memory_attention_spec(model: M4SAM, slots: MemorySlots | None = None, batch:
                           generator: torch.Generator | None = None) -> GraphSpec:
     slots = slots or MemorySlots.for_model(model)
     module = StaticMemoryAttention(model, slots, feature_size(model)).eval()
-    return GraphSpec(name=MEMORY_ATTENTION, module=module, inputs=memory_inputs(model, slots, batch, generator),
+    return GraphSpec(name=MEMORY_ATTENTION, module=module, inputs=example_memory_inputs(model, slots, batch, generator),
                      outputs=MEMORY_OUTPUTS,
                      signature={"batch": batch, "conditioning_frames": slots.conditioning_frames,
                                 "recent_frames": slots.recent_frames, "object_pointers": slots.object_pointers})

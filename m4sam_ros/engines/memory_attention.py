@@ -26,7 +26,7 @@ from sam2.modeling.sam.transformer import RoPEAttention
 from torch import nn
 
 from m4sam_ros.engines.rope import repeat_tables, rope_tables, rotate
-from m4sam_ros.model.m4sam import MemoryView
+from m4sam_ros.model.memory import MemoryView
 
 # Added to the logits of empty slots; exp(-1e4) is exactly 0 in float32 and float16, and
 # unlike -inf it cannot turn a row into NaN.

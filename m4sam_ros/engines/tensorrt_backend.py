@@ -17,19 +17,20 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from m4sam_ros.engines.base import EngineUnavailable, check_precision
+from m4sam_ros.engines.base import EngineBuildError, EngineUnavailable, check_precision
+from m4sam_ros.engines.cache import ArtifactCache, EngineKey
 from m4sam_ros.engines.progress import stage
+
+if TYPE_CHECKING:
+    from m4sam_ros.model.m4sam import M4SAM
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE_GIB = 4.0
-
-
-class EngineBuildError(RuntimeError):
-    """TensorRT could not parse the ONNX or build an engine from it."""
 
 
 def import_tensorrt():
@@ -76,13 +77,16 @@ def check_tensorrt_precision(version: str, precision: str) -> str:
     return check_precision("tensorrt", precision, supported)
 
 
-def gpu_identity(device: torch.device | str = "cuda") -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of ``device``: an engine's home."""
+def engine_target(device: torch.device | str = "cuda") -> tuple[tuple[str, str], ...]:
+    """What an engine is tied to (its cache key's ``target``): the TensorRT version, and the GPU's
+    name and compute capability "major.minor" of ``device``."""
+    version = tensorrt_version()
     require_cuda()
     device = torch.device(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
-    return torch.cuda.get_device_name(index), f"{major}.{minor}"
+    return (("tensorrt_version", version), ("gpu_name", torch.cuda.get_device_name(index)),
+            ("compute_capability", f"{major}.{minor}"))
 
 
 def _logger(trt):
@@ -228,3 +232,33 @@ class TrtGraph:
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         return outputs
+
+
+def cached_engine(model: "M4SAM", graph: str, cache: ArtifactCache, precision: str, device: torch.device,
+                  weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB, rebuild: bool = False) -> Path:
+    """The engine file for ``graph`` from the cache, or exported + built + cached on a miss
+    (or when ``rebuild``)."""
+    from m4sam_ros.engines.export import cached_onnx, onnx_key
+    from m4sam_ros.engines.graphs import graph_spec
+
+    target = engine_target(device)
+    key = EngineKey(graph=graph, weights_sha256=weights, image_size=model.config.image_size, precision=precision,
+                    target=target, signature=onnx_key(model, graph_spec(graph, model), weights).signature)
+    path = None if rebuild else cache.lookup(key, ".engine")
+    if path is not None:
+        return path
+    onnx_path = cached_onnx(model, graph, cache, weights=weights)
+    data = build_engine(onnx_path, precision, cache.timing_cache_path(target), workspace_gib)
+    return cache.store(key, ".engine", data=data)
+
+
+def tensorrt_graph(model: "M4SAM", graph: str, cache: ArtifactCache, precision: str, device: torch.device,
+                   weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB) -> "TrtGraph":
+    """The cached (or built) engine of ``graph``, loaded; cached bytes TensorRT will not load are rebuilt once."""
+    path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib)
+    try:
+        return TrtGraph(path.read_bytes(), device)
+    except EngineBuildError as error:
+        log.warning("%s; rebuilding %s", error, path)
+        path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib, rebuild=True)
+        return TrtGraph(path.read_bytes(), device)

@@ -12,18 +12,17 @@ import torch
 
 from m4sam_ros.engines.base import (EncoderEngine, MemoryAttentionEngine, check_encoder_inputs, check_precision,
                                     check_rgb_input)
-from m4sam_ros.model.m4sam import M4SAM, EncodedFrame, MemoryView
+from m4sam_ros.devices import resolve_device
+from m4sam_ros.model.m4sam import M4SAM, EncodedFrame
+from m4sam_ros.model.memory import MemoryView
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _device_of(model: M4SAM, device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but torch.cuda.is_available() is False")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"the PyTorch engines run on cpu or cuda, not {device}")
+    """The checked device, with the model moved there."""
+    device = resolve_device(device)
     model.to(device)
     return device
 

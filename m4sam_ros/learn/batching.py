@@ -1,7 +1,7 @@
-"""Loaded clips -> model tensors, prepared by the tracker's own ``encoder_inputs``.
+"""Loaded clips -> model tensors, prepared by the tracker's own ``model_inputs``.
 
 Train/test skew is the quiet killer of a tracker: the encoder must see in training what
-the node feeds it. So frames go through ``m4sam_ros.tracker.encoder_inputs`` (the function
+the node feeds it. So frames go through ``m4sam_ros.preprocess.model_inputs`` (the function
 ``SaliencyTracker.step`` uses), with depth already through ``normalize_depth`` (done in
 ``datasets.load_frame``, at the RGB size, as the tracker does). Only the GT target is
 prepared here: bilinear-resized to S x S, in [0, 1].
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from m4sam_ros.learn.datasets import Frame
-from m4sam_ros.tracker import encoder_inputs
+from m4sam_ros.preprocess import model_inputs
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ClipBatch:
 
 def frame_tensors(frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
     """One frame -> (rgb (3, S, S), depth (3, S, S), present (2,), gt (1, S, S), has_gt)."""
-    rgb, depth, present = encoder_inputs(frame.rgb, frame.depth, size)
+    rgb, depth, present = model_inputs(frame.rgb, frame.depth, size)
     if frame.gt is not None:
         gt = cv2.resize(frame.gt.astype(np.float32) * np.float32(1.0 / 255.0), (size, size),
                         interpolation=cv2.INTER_LINEAR)[None]

@@ -41,7 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from m4sam_ros.depth import DepthConfig, normalize_depth
+from m4sam_ros.depth import DepthConfig, fit_depth, normalize_depth
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LAYOUTS = ("auto", "generic", "vidsod100", "rdvs", "dvisal")
@@ -113,7 +113,7 @@ class Frame:
 
     rgb: (H, W, 3) uint8 RGB. depth_raw: depth as stored, (H', W') uint8 / uint16 / float32, or
     None; this is what the tracker takes. depth / depth_valid: ``normalize_depth`` of it,
-    resized to (H, W) (nearest), or None. gt: (H, W) uint8 0/255 or None.
+    fitted to (H, W) (``depth.fit_depth``), or None. gt: (H, W) uint8 0/255 or None.
     """
 
     stem: str
@@ -206,9 +206,7 @@ def load_frame(record: FrameRecord, depth_config: DepthConfig = DepthConfig()) -
     if record.depth is not None:
         depth_raw = read_depth(record.depth)
         depth, valid = normalize_depth(depth_raw, depth_config)
-        if depth.shape != (height, width):  # aligned but stored at another resolution
-            depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
-            valid = cv2.resize(valid.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        depth, valid = fit_depth(depth, height, width), fit_depth(valid, height, width)  # aligned, maybe smaller
     return Frame(record.stem, rgb, depth_raw, depth, valid, gt)
 
 

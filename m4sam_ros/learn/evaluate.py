@@ -29,7 +29,7 @@ from tqdm import tqdm
 from m4sam_ros.learn.datasets import LAYOUTS, DatasetError, VideoRecord, load_frame, open_dataset
 from m4sam_ros.learn.metrics import METRIC_KEYS, SaliencyScorer, score_frames
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
-from m4sam_ros.learn.train import resolve_device
+from m4sam_ros.devices import resolve_device
 from m4sam_ros.model.checkpoint import CheckpointError
 from m4sam_ros.model.config import PRESETS
 from m4sam_ros.tracker import MODES, SaliencyTracker, TrackerConfig
@@ -191,7 +191,7 @@ def write_report(metrics: dict, samples: Sequence[_StripSample], out_dir: Path, 
     return report
 
 
-def evaluate_model(model, videos: Sequence[VideoRecord], out_dir: Path, device: str = "cpu", num_memory_frames: int = 6,
+def evaluate_model(model, videos: Sequence[VideoRecord], out_dir: Path, device: str | torch.device = "cpu", num_memory_frames: int = 6,
                    title: str = "evaluation", mode: str = "learned", fps: float = 30.0, strip_frames: int = 4,
                    progress: bool = False) -> dict:
     """Evaluate an in-memory M4SAM (e.g. just trained) through a fresh ``SaliencyTracker``."""
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                                        mode=config.mode)
         tracker = SaliencyTracker.from_settings(preset=config.preset, image_size=config.image_size,
                                                 sam2_checkpoint=config.sam2_checkpoint, adapter=config.adapter,
-                                                device=str(resolve_device(config.device)), seed=config.seed,
+                                                device=resolve_device(config.device), seed=config.seed,
                                                 config=tracker_config)
         metrics, samples = evaluate_videos(tracker, dataset.videos, config.fps, config.strip_frames, config.progress)
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as error:

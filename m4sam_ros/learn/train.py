@@ -1,8 +1,9 @@
 """Train M4-SAM's adapters (MoE-LoRA + fusion) on RGB-D video clips, SAM2 frozen.
 
-Each clip runs the way the tracker runs a stream: frame 0 is the prompt-free
-initialisation (no memory; its coarse mask is encoded as the conditioning frame), later
-frames attend to the memory bank (the tracker's own ``MemoryBank``) and feed it. Losses
+Each clip runs the way the tracker runs a stream, through the same per-frame step
+(``model.new_memory(...).step``): frame 0 is the prompt-free initialisation (no memory; its
+coarse mask is encoded as the conditioning frame), later frames attend to the memory and
+feed it. Losses
 (BCE + soft IoU on the mask logits, BCE on the object score) are summed over the frames
 that have ground truth, and gradients flow back through the memory.
 
@@ -37,10 +38,11 @@ from m4sam_ros.learn.datasets import LAYOUTS, DatasetError, VideoRecord, open_da
 from m4sam_ros.learn.losses import LossWeights, frame_losses
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
 from m4sam_ros.learn.synthetic import SyntheticConfig, write_dataset
-from m4sam_ros.model.checkpoint import CheckpointError, load_adapter, load_sam2_checkpoint, save_adapter
+from m4sam_ros.devices import resolve_device
+from m4sam_ros.model.builder import load_m4sam
+from m4sam_ros.model.checkpoint import CheckpointError, save_adapter
 from m4sam_ros.model.config import PRESETS
-from m4sam_ros.model.m4sam import M4SAM, DecoderOutput, build_m4sam
-from m4sam_ros.tracker import MemoryBank, MemoryEntry
+from m4sam_ros.model.m4sam import M4SAM, DecoderOutput
 
 LOG = logging.getLogger("m4sam.train")
 CHECKPOINT_FORMAT = "m4sam-train-checkpoint"
@@ -155,15 +157,6 @@ class TrainResult:
     evaluation: dict | None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype, bool]:
     """(autocast enabled, autocast dtype, use GradScaler)."""
     if amp == "auto":
@@ -195,15 +188,13 @@ def synthetic_videos(root: Path, videos: int, config: TrainConfig, split_seed: i
     return [v for v in dataset.videos if v.name.startswith("synthetic_")][:videos]
 
 
-def build_model(config: TrainConfig) -> M4SAM:
-    """The model to train: seeded init, official SAM2 weights, optional starting adapter."""
-    model = build_m4sam(config.preset, image_size=config.image_size, seed=config.seed)
-    if config.sam2_checkpoint:
-        load_sam2_checkpoint(model, config.sam2_checkpoint)
-    elif not config.train_all:
+def model_to_train(config: TrainConfig) -> M4SAM:
+    """The model to train: ``load_m4sam`` (seeded init, official SAM2 weights, optional starting
+    adapter), everything trainable with ``--train-all``."""
+    if not config.sam2_checkpoint and not config.train_all:
         LOG.warning("no --sam2-checkpoint: the frozen SAM2 part of preset %r is RANDOM (tests only)", config.preset)
-    if config.init_adapter:
-        load_adapter(model, config.init_adapter)
+    model = load_m4sam(config.preset, config.image_size, sam2_checkpoint=config.sam2_checkpoint,
+                       adapter=config.init_adapter, seed=config.seed)
     if config.train_all:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -232,21 +223,13 @@ def _as_tuple(value):
 
 
 def run_clip(model: M4SAM, batch: ClipBatch, num_memory_frames: int) -> Iterator[tuple[int, DecoderOutput]]:
-    """Stream B clips through the model as ``SaliencyTracker.step`` streams frames: frame 0 is
-    the prompt-free initialisation (no memory) and becomes the conditioning frame, later
-    frames attend to the tracker's ``MemoryBank``. Yields (t, decoder output of frame t)."""
-    bank = MemoryBank(num_memory_frames, model.num_maskmem, model.max_obj_ptrs_in_encoder)
+    """Stream B clips through the model with the tracker's own per-frame step: frame 0 is the
+    prompt-free initialisation (no memory) and becomes the conditioning frame, later frames
+    attend to the memory. Yields (t, decoder output of frame t)."""
+    memory = model.new_memory(zero_shot=False, num_memory_frames=num_memory_frames)
     for t in range(batch.rgb.shape[1]):
         frame = model.encode(batch.rgb[:, t], batch.depth[:, t], batch.present[:, t])
-        pix_feat = model.condition_on_memory(frame, None if t == 0 else bank.view())
-        decoded = model.decode(pix_feat, frame, is_init_frame=t == 0)
-        features, pos_enc = model.encode_memory(frame, decoded)
-        entry = MemoryEntry(features, pos_enc, decoded.obj_ptr)
-        if t == 0:
-            bank.set_conditioning(entry)
-        else:
-            bank.add(entry)
-        yield t, decoded
+        yield t, memory.step(model, frame, conditioning=t == 0)
 
 
 class Trainer:
@@ -265,7 +248,7 @@ class Trainer:
             LOG.warning("--train-all: training ALL %s parameters, SAM2 included (NOT frozen).", config.preset)
             LOG.warning("For the synthetic demo only; real training freezes SAM2 and trains adapters + fusion.")
             LOG.warning("=" * 78)
-        self.model = build_model(config).to(self.device)
+        self.model = model_to_train(config).to(self.device)
         self.named_trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         decay = [p for p in self.named_trainable.values() if p.ndim > 1]
         no_decay = [p for p in self.named_trainable.values() if p.ndim <= 1]
@@ -445,7 +428,7 @@ class Trainer:
             videos = dataset.videos
         else:
             videos = synthetic_videos(self.out_dir / "synthetic" / "val", config.val_videos, config, config.seed + 1000)
-        report = evaluate_model(self.model, videos, self.out_dir / "eval", device=str(self.device),
+        report = evaluate_model(self.model, videos, self.out_dir / "eval", device=self.device,
                                 num_memory_frames=config.num_memory_frames, title=f"{config.preset} after {self.step} steps",
                                 progress=config.progress)
         return report

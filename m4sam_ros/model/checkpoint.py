@@ -3,8 +3,10 @@
 * Official SAM2 / SAM2.1 checkpoints (``{"model": state_dict}``) load STRICTLY into the
   frozen SAM2 part: any missing, unexpected or mis-shaped key is an error naming the keys
   (a hiera_s file given to a hiera_t preset must not half-load).
-* Adapter files hold only the trainable tensors (MoE-LoRA + fusion) and the model config
-  they were trained with; loading refuses a model whose architecture differs.
+* Adapter files hold only the trainable tensors (the model's ``adapter``) and the model
+  config they were trained with; loading refuses a model whose SAM2 architecture or
+  adapter config differs. Version 1 files (MoE-LoRA fields flat in the config, keys
+  ``moe_lora.*`` / ``fusion.*``) are read as the version 2 layout they correspond to.
 * Everything is read with ``torch.load(weights_only=True)``; unreadable files raise
   ``CheckpointError`` with the path and the cause instead of a raw pickle traceback.
 """
@@ -18,7 +20,10 @@ from m4sam_ros.model.config import M4SAMConfig
 from m4sam_ros.model.m4sam import M4SAM
 
 ADAPTER_FORMAT = "m4sam-adapter"
-ADAPTER_VERSION = 1
+ADAPTER_VERSION = 2
+_V1_ADAPTER_FIELDS = ("lora_rank", "experts_per_modality", "expert_kernel_sizes", "expert_conv", "router_top_k",
+                     "shared_experts", "lora_scale", "fusion_kernel_size", "fusion_gate_init_bias",
+                     "topdown_gate_init_bias")
 _SHOW = 8  # keys named in an error message
 
 
@@ -106,6 +111,8 @@ def _adapter_payload(path: Path) -> tuple[M4SAMConfig, dict]:
         hint = " (it looks like a SAM2 checkpoint: load it with load_sam2_checkpoint)" if (
             isinstance(payload, dict) and "model" in payload) else ""
         raise CheckpointError(f"{path} is not an M4-SAM adapter file{hint}")
+    if payload.get("version") == 1:
+        payload = _upgrade_v1(payload)
     if payload.get("version") != ADAPTER_VERSION:
         raise CheckpointError(f"{path} has adapter format version {payload.get('version')}, "
                               f"this code reads version {ADAPTER_VERSION}")
@@ -118,8 +125,18 @@ def _adapter_payload(path: Path) -> tuple[M4SAMConfig, dict]:
     return config, payload["state_dict"]
 
 
+def _upgrade_v1(payload: dict) -> dict:
+    """Version 1 (M4-SAM's MoE-LoRA the only adapter): its fields and tensors, nested."""
+    config = dict(payload.get("config") or {})
+    config["adapter"] = {"kind": "moe_lora", **{k: config.pop(k) for k in _V1_ADAPTER_FIELDS if k in config}}
+    state = payload.get("state_dict")
+    if isinstance(state, dict):
+        state = {f"adapter.{k}": v for k, v in state.items()}
+    return dict(payload, version=ADAPTER_VERSION, config=config, state_dict=state)
+
+
 def load_adapter(model: M4SAM, path: str | Path) -> None:
-    """Load trained MoE-LoRA + fusion weights; refuse a model built with another architecture."""
+    """Load trained adapter weights; refuse a model built with another architecture or adapter."""
     path = Path(path)
     config, state = _adapter_payload(path)
     differences = model.config.architecture_differences(config)
@@ -127,6 +144,6 @@ def load_adapter(model: M4SAM, path: str | Path) -> None:
         listed = "; ".join(f"{k}: model={mine!r}, file={theirs!r}" for k, (mine, theirs) in differences.items())
         raise CheckpointError(f"{path} was trained with another model config ({config.name!r}) than this model "
                               f"({model.config.name!r}): {listed}")
-    _check_tensors(path, "adapter/fusion part of the model", model.trainable_state_dict(), state)
+    _check_tensors(path, f"adapter ({model.config.adapter.kind}) of the model", model.trainable_state_dict(), state)
     model.load_state_dict(state, strict=False)
     model.adapter_file = str(path)

@@ -1,4 +1,4 @@
-"""M4-SAM configuration: one dataclass, named presets.
+"""M4-SAM configuration: one dataclass for the SAM2 architecture, a nested adapter config, presets.
 
 The SAM2 presets (``hiera_t``, ``hiera_s``, ``hiera_b+``, ``hiera_l``) reproduce the
 architecture of the SAM2.1 yaml files shipped with the ``sam2`` package
@@ -9,19 +9,21 @@ with the same structure, for fast CPU tests.
 
 Only ``image_size`` may differ from the yaml (1024 there): every SAM2 module adapts to it
 (positional embeddings are interpolated, RoPE tables are recomputed), so weights trained
-at 1024 load unchanged.
+at 1024 load unchanged. The trainable part is ``adapter``, one entry of the adapter
+registry (``model.adapters``) with its own config; an adapter file must agree with the
+model on the SAM2 architecture and on the chosen adapter's fields, nothing else.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from m4sam_ros.model.adapters import AdapterConfig, MoELoRAConfig, adapter_config_from_dict
 
 SAM2_VERSIONS = ("2.0", "2.1")
-EXPERT_CONVS = ("full", "depthwise")
 
-# Fields that describe trained adapter/fusion weights: an adapter file must agree on all
-# of them. ``image_size`` and the training-only knobs are free to differ.
-_NOT_ARCHITECTURE = ("name", "image_size", "modality_dropout")
+# Fields that do not describe trained weights: free to differ between a model and an adapter file.
+_NOT_ARCHITECTURE = ("name", "image_size", "modality_dropout", "adapter")
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,7 @@ class M4SAMConfig:
     SAM2 heads: d_model (FPN/decoder width), mem_dim (memory encoder output width),
     memory_attention_layers, memory_attention_ffn, memory_fuser_layers, num_maskmem,
     max_obj_ptrs_in_encoder, sam2_version.
-    MoE-LoRA (trainable): lora_rank, experts_per_modality, expert_kernel_sizes (cycled over
-    the experts, so experts of one group see different neighbourhoods), expert_conv
-    ("full" r->r conv or "depthwise"), router_top_k, shared_experts (0 = no shared group),
-    lora_scale (multiplies the adapter update).
-    Fusion (trainable): fusion_kernel_size, fusion_gate_init_bias (cross-modal gate starts
-    at sigmoid(bias) toward RGB, the modality SAM2 was trained on), topdown_gate_init_bias
-    (top-down gate starts nearly closed so a fresh model stays close to SAM2).
+    adapter: the trainable RGB-D adapter (``model.adapters``; default M4-SAM's MoE-LoRA + fusion).
     Training: modality_dropout = (p_drop_depth, p_drop_rgb) per sample.
     """
 
@@ -61,18 +57,8 @@ class M4SAMConfig:
     num_maskmem: int = 7
     max_obj_ptrs_in_encoder: int = 16
     sam2_version: str = "2.1"
-    # Modality-aware MoE-LoRA
-    lora_rank: int = 8
-    experts_per_modality: int = 3
-    expert_kernel_sizes: tuple[int, ...] = (1, 3, 5)
-    expert_conv: str = "full"
-    router_top_k: int = 2
-    shared_experts: int = 1
-    lora_scale: float = 1.0
-    # Gated multi-level fusion
-    fusion_kernel_size: int = 3
-    fusion_gate_init_bias: float = 2.0
-    topdown_gate_init_bias: float = -4.0
+    # the trainable part
+    adapter: AdapterConfig = field(default_factory=MoELoRAConfig)
     # Training
     modality_dropout: tuple[float, float] = (0.3, 0.1)
 
@@ -94,19 +80,9 @@ class M4SAMConfig:
                              "object pointers are split into d_model/mem_dim memory tokens")
         if self.sam2_version not in SAM2_VERSIONS:
             raise ValueError(f"sam2_version must be one of {SAM2_VERSIONS}, got {self.sam2_version!r}")
-        if self.expert_conv not in EXPERT_CONVS:
-            raise ValueError(f"expert_conv must be one of {EXPERT_CONVS}, got {self.expert_conv!r}")
-        if self.lora_rank < 1 or self.experts_per_modality < 1 or self.shared_experts < 0:
-            raise ValueError("lora_rank and experts_per_modality must be >= 1 and shared_experts >= 0, got "
-                             f"{self.lora_rank}, {self.experts_per_modality}, {self.shared_experts}")
-        if not self.expert_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.expert_kernel_sizes):
-            raise ValueError(f"expert_kernel_sizes must be odd and >= 1 (same-size conv), "
-                             f"got {self.expert_kernel_sizes}")
-        if not 1 <= self.router_top_k <= self.experts_per_modality:
-            raise ValueError(f"router_top_k must be in [1, experts_per_modality={self.experts_per_modality}], "
-                             f"got {self.router_top_k}")
-        if self.fusion_kernel_size < 1 or self.fusion_kernel_size % 2 == 0:
-            raise ValueError(f"fusion_kernel_size must be odd and >= 1, got {self.fusion_kernel_size}")
+        if not isinstance(self.adapter, AdapterConfig):
+            raise ValueError(f"adapter must be an AdapterConfig (see m4sam_ros.model.adapters), "
+                             f"got {type(self.adapter).__name__}")
         p_depth, p_rgb = self.modality_dropout
         if p_depth < 0 or p_rgb < 0 or p_depth + p_rgb > 1:
             raise ValueError(f"modality_dropout (p_drop_depth, p_drop_rgb) must be >= 0 with sum <= 1, "
@@ -117,26 +93,31 @@ class M4SAMConfig:
         """Trunk output widths, deepest first (as FpnNeck expects)."""
         return [self.embed_dim * 8, self.embed_dim * 4, self.embed_dim * 2, self.embed_dim]
 
-    def kernel_size_of_expert(self, index: int) -> int:
-        return self.expert_kernel_sizes[index % len(self.expert_kernel_sizes)]
-
     def to_dict(self) -> dict:
-        """Plain types only (lists), so it survives ``torch.load(weights_only=True)``."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain types only (lists, a nested dict for the adapter): survives ``torch.load(weights_only=True)``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return dict(values, adapter=self.adapter.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict) -> "M4SAMConfig":
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown M4SAMConfig fields {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if "adapter" in values:
+            values["adapter"] = adapter_config_from_dict(values["adapter"])
+        return cls(**values)
 
     def architecture_differences(self, other: "M4SAMConfig") -> dict[str, tuple]:
-        """Fields (name -> (self, other)) that make trained weights incompatible."""
-        return {f.name: (getattr(self, f.name), getattr(other, f.name))
-                for f in dataclasses.fields(self)
-                if f.name not in _NOT_ARCHITECTURE and getattr(self, f.name) != getattr(other, f.name)}
+        """Fields (name -> (self, other)) that make trained weights incompatible: the SAM2
+        architecture and the chosen adapter's fields (named ``adapter.<field>``)."""
+        differences = {f.name: (getattr(self, f.name), getattr(other, f.name))
+                       for f in dataclasses.fields(self)
+                       if f.name not in _NOT_ARCHITECTURE and getattr(self, f.name) != getattr(other, f.name)}
+        differences.update({f"adapter.{k}": v for k, v in self.adapter.differences(other.adapter).items()})
+        return differences
 
 
 PRESETS: dict[str, M4SAMConfig] = {
@@ -157,16 +138,24 @@ PRESETS: dict[str, M4SAMConfig] = {
     "test": M4SAMConfig(name="test", embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
                         window_spec=(8, 4, 2, 1), window_pos_embed_bkg_spatial_size=(4, 4),
                         d_model=32, mem_dim=16, memory_attention_layers=1, memory_attention_ffn=64,
-                        memory_fuser_layers=1, lora_rank=2),
+                        memory_fuser_layers=1, adapter=MoELoRAConfig(lora_rank=2)),
 }
 
 
 def preset_config(preset: str, image_size: int = 512, **overrides) -> M4SAMConfig:
-    """The named preset at ``image_size`` with any field overridden."""
+    """The named preset at ``image_size`` with any field overridden; a field of the preset's
+    adapter config may be overridden by name too (``lora_rank=4``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    base = PRESETS[preset]
     known = {f.name for f in dataclasses.fields(M4SAMConfig)}
-    unknown = sorted(set(overrides) - known)
+    adapter_known = {f.name for f in dataclasses.fields(base.adapter)}
+    unknown = sorted(set(overrides) - known - adapter_known)
     if unknown:
-        raise ValueError(f"unknown M4SAMConfig overrides {unknown}; known fields: {sorted(known)}")
-    return dataclasses.replace(PRESETS[preset], image_size=image_size, **overrides)
+        raise ValueError(f"unknown M4SAMConfig overrides {unknown}; known fields: {sorted(known)}, "
+                         f"adapter fields: {sorted(adapter_known)}")
+    adapter_overrides = {k: overrides.pop(k) for k in list(overrides) if k in adapter_known and k not in known}
+    adapter = overrides.pop("adapter", base.adapter)
+    if adapter_overrides:
+        adapter = dataclasses.replace(adapter, **adapter_overrides)
+    return dataclasses.replace(base, image_size=image_size, adapter=adapter, **overrides)

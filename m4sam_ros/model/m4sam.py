@@ -1,18 +1,19 @@
-"""M4-SAM: SAM2 with a modality-aware MoE-LoRA encoder and gated RGB-D fusion.
+"""M4-SAM: SAM2 with a trainable RGB-D adapter (M4-SAM's own: MoE-LoRA experts + gated fusion).
 
 ``M4SAM`` *is* a ``SAM2Base`` (so the frozen parts keep SAM2's state-dict keys and an
-official checkpoint loads strictly) with two trainable additions:
-``moe_lora`` (MoE-LoRA experts hooked into every Hiera block) and ``fusion``
-(gated multi-level RGB-D fusion). The model is split the way it runs:
+official checkpoint loads strictly) with one trainable addition, ``adapter``: an entry of
+the adapter registry (``model.adapters``) hooked into the Hiera trunk. The model is split
+the way it runs:
 
-* ``encode(rgb, depth, modality_present)`` - the heavy, stateless part (Hiera + adapters +
-  FPN + fusion + SAM2's high-res projections). Tensors in, tensors out; also ``forward``,
-  so it exports to ONNX / TensorRT as is. ``encode_rgb(rgb)`` is the same for frames
-  without depth (depth dropped out) at half the cost: one modality, one pass.
-  ``encode_sam2(rgb)`` is SAM2's own image encoder, adapters and fusion bypassed: zero-shot.
-* ``condition_on_memory`` / ``decode`` / ``mask_as_output`` / ``encode_memory`` - the light, stateful part,
-  delegating to SAM2Base's own methods; the memory bank is owned by the caller (the
-  tracker) and passed in explicitly as a ``MemoryView``.
+* ``encode(rgb, depth, modality_present)`` - the heavy, stateless part (Hiera + adapter +
+  FPN + the adapter's fusion + SAM2's high-res projections). Tensors in, tensors out; also
+  ``forward``, so it exports to ONNX / TensorRT as is. ``encode_rgb(rgb)`` is the same for
+  frames without depth (depth dropped out) at half the cost: one modality, one pass.
+  ``encode_sam2(rgb)`` is SAM2's own image encoder, the adapter bypassed: zero-shot.
+* ``condition_on_memory`` / ``decode`` / ``mask_as_output`` / ``encode_memory`` - the light,
+  stateful part, delegating to SAM2Base's own methods. The temporal state is not the
+  model's: ``new_memory`` makes one (``model.memory``), whose ``step`` runs these stages for
+  one frame - the one per-frame sequence the tracker and training share.
 
 Pseudo-guided initialisation (no prompts ever): ``condition_on_memory(frame, None)`` gives
 SAM2's no-memory features, ``decode`` runs the mask decoder with SAM2's padding point
@@ -23,7 +24,6 @@ frame. In zero-shot mode a pseudo-prior mask goes through ``mask_as_output`` ins
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -35,16 +35,15 @@ from sam2.modeling.position_encoding import PositionEmbeddingSine
 from sam2.modeling.sam.transformer import RoPEAttention
 from sam2.modeling.sam2_base import SAM2Base
 
+from m4sam_ros.model.adapters import TrunkGeometry, build_adapter, routing
 from m4sam_ros.model.config import M4SAMConfig, preset_config
-from m4sam_ros.model.fusion import GatedMultiLevelFusion
-from m4sam_ros.model.moe_lora import attach_moe_lora, routing
+from m4sam_ros.model.memory import MemoryBank, MemoryView
 
-# The only submodules that train; everything else is frozen SAM2.
-TRAINABLE_PREFIXES = ("moe_lora.", "fusion.")
+# The only submodule that trains; everything else is frozen SAM2.
+TRAINABLE_PREFIXES = ("adapter.",)
 # Normalisation the tracker, training and evaluation share: RGB and 3-channel depth alike.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_FPN_LEVELS = 3  # strides 4, 8, 16 (SAM2's scalp=1 drops stride 32)
 
 
 class EncodedFrame(NamedTuple):
@@ -63,20 +62,6 @@ class DecoderOutput(NamedTuple):
     high_res_logits: torch.Tensor  # (B, 1, S, S)
     obj_ptr: torch.Tensor  # (B, C) object pointer for the memory bank
     object_score_logits: torch.Tensor  # (B, 1) object presence (> 0: present)
-
-
-@dataclass
-class MemoryView:
-    """The memory bank in SAM2's own layout, for ``_prepare_memory_conditioned_features``.
-
-    frame_index: index of the current frame; output_dict: {"cond_frame_outputs": {t: out},
-    "non_cond_frame_outputs": {t: out}} with out = {"maskmem_features", "maskmem_pos_enc",
-    "obj_ptr"}; num_frames: stream length as SAM2 sees it (bounds pointer look-back).
-    """
-
-    frame_index: int
-    output_dict: dict
-    num_frames: int
 
 
 def sam2_modules(config: M4SAMConfig) -> dict:
@@ -141,21 +126,22 @@ def modality_dropout(modality_present: torch.Tensor, p_drop_depth: float, p_drop
 
 
 class M4SAM(SAM2Base):
-    """SAM2 + modality-aware MoE-LoRA + gated multi-level fusion (see module docstring)."""
+    """SAM2 + a trainable RGB-D adapter (see module docstring)."""
 
     def __init__(self, config: M4SAMConfig):
         super().__init__(**sam2_modules(config))
         self.config = config
-        self.moe_lora, self._hook_handles = attach_moe_lora(self.image_encoder.trunk.blocks, config)
-        self.fusion = GatedMultiLevelFusion(config.d_model, _FPN_LEVELS, config.fusion_kernel_size,
-                                            config.fusion_gate_init_bias, config.topdown_gate_init_bias)
+        self.adapter = build_adapter(config.adapter, TrunkGeometry(self.image_encoder.trunk, config.d_model,
+                                                                   config.image_size))
         self.adapter_file: str | None = None  # set by checkpoint.load_adapter
         self.freeze_sam2()
 
     def freeze_sam2(self) -> None:
-        """Only the adapters and the fusion train; SAM2 stays as pretrained."""
-        for name, parameter in self.named_parameters():
-            parameter.requires_grad_(name.startswith(TRAINABLE_PREFIXES))
+        """Only the adapter trains; SAM2 stays as pretrained."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        for _, parameter in self.adapter.trainable_parameters():
+            parameter.requires_grad_(True)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
@@ -175,7 +161,7 @@ class M4SAM(SAM2Base):
         rgb: (B, 3, S, S) float, ImageNet-normalised RGB.
         depth: (B, 3, S, S) float, normalised depth repeated to 3 channels, ImageNet-normalised.
         modality_present: (B, 2) float {0, 1} = [rgb present, depth present]; an absent
-            modality's input is zeroed and the fusion gate takes the present one.
+            modality's input is zeroed and the adapter's fusion takes the present one.
         Returns EncodedFrame(image_embed (B, C, S/16, S/16), high_res_s4 (B, C/8, S/4, S/4),
         high_res_s8 (B, C/4, S/8, S/8), pos_enc (B, C, S/16, S/16)).
         """
@@ -193,27 +179,28 @@ class M4SAM(SAM2Base):
         # one batch of two modalities through the shared encoder: B RGB, then B depth
         pair = torch.cat([rgb * present[:, 0, None, None, None],
                           depth * present[:, 1, None, None, None]])  # (2B, 3, S, S)
-        backbone = self.image_encoder(pair)
+        with routing("pair"):
+            backbone = self.image_encoder(pair)
         levels = backbone["backbone_fpn"]  # [(2B, C, S/4, S/4), (2B, C, S/8, S/8), (2B, C, S/16, S/16)]
-        fused = self.fusion([f[:batch] for f in levels], [f[batch:] for f in levels], present)
+        fused = self.adapter.fuse([f[:batch] for f in levels], [f[batch:] for f in levels], present)
         return self._encoded(fused, backbone["vision_pos_enc"][-1][:batch])
 
     def encode_rgb(self, rgb: torch.Tensor) -> EncodedFrame:
         """Encode B frames that have no depth: equal to ``encode(rgb, 0, [[1, 0]] * B)`` at half
-        the encoder cost. With depth absent the cross-modal gate is exactly 1, so the depth
-        half of ``encode``'s batch is multiplied by zero; here it is never computed.
+        the encoder cost (the adapter's ``refine`` is its ``fuse`` with depth absent, so the
+        depth half of ``encode``'s batch is never computed).
         rgb: (B, 3, S, S) ImageNet-normalised RGB -> EncodedFrame (see ``encode``)."""
         self._check_rgb(rgb, "encode_rgb")
-        with routing(self.moe_lora, "rgb"):
+        with routing("rgb"):
             backbone = self.image_encoder(rgb)
-        return self._encoded(self.fusion.refine(list(backbone["backbone_fpn"])), backbone["vision_pos_enc"][-1])
+        return self._encoded(self.adapter.refine(list(backbone["backbone_fpn"])), backbone["vision_pos_enc"][-1])
 
     def encode_sam2(self, rgb: torch.Tensor) -> EncodedFrame:
-        """SAM2's own image features (as ``SAM2Base.forward_image``), MoE-LoRA and fusion bypassed:
-        zero-shot mode, where the adapters are untrained (they would add nothing but cost, and the
-        top-down gates would leak sigmoid(bias) of the coarse level). rgb: (B, 3, S, S)."""
+        """SAM2's own image features (as ``SAM2Base.forward_image``), the adapter bypassed:
+        zero-shot mode, where the adapter is untrained (it would add nothing but cost, and
+        M4-SAM's top-down gates would leak sigmoid(bias) of the coarse level). rgb: (B, 3, S, S)."""
         self._check_rgb(rgb, "encode_sam2")
-        with routing(self.moe_lora, "off"):
+        with routing("off"):
             backbone = self.image_encoder(rgb)
         return self._encoded(list(backbone["backbone_fpn"]), backbone["vision_pos_enc"][-1])
 
@@ -230,6 +217,19 @@ class M4SAM(SAM2Base):
             high_res_s8=self.sam_mask_decoder.conv_s1(fused[1]),
             pos_enc=pos_enc,
         )
+
+    # ---- temporal state ------------------------------------------------------------------
+    def new_memory(self, zero_shot: bool, num_memory_frames: int) -> MemoryBank:
+        """An empty temporal memory for one stream: zero-shot runs SAM2's own memory bank, learned
+        mode the memory the adapter streams with (M4-SAM's: SAM2's bank too)."""
+        if not zero_shot and self.adapter.memory != "sam2":
+            raise ValueError(f"adapter {self.adapter.kind!r} streams with memory {self.adapter.memory!r}, "
+                             "which this model does not provide")
+        return MemoryBank(num_memory_frames, self.num_maskmem, self.max_obj_ptrs_in_encoder)
+
+    def uses_memory_attention(self, zero_shot: bool) -> bool:
+        """Whether a stream of this mode runs SAM2's memory attention (an exported graph)."""
+        return zero_shot or self.adapter.memory == "sam2"
 
     # ---- stateful part (memory passed in by the caller) -----------------------------------
     @staticmethod
@@ -291,12 +291,12 @@ def build_m4sam(preset: str = "test", image_size: int = 512, seed: int | None = 
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Trainable / frozen / total parameter counts, with the trainable part split."""
-    counts = {"trainable": 0, "frozen": 0, "moe_lora": 0, "fusion": 0}
+    """Trainable / frozen / total parameter counts, with the trainable part split by the
+    adapter's parts (M4-SAM: ``moe_lora``, ``fusion``)."""
+    counts = {"trainable": 0, "frozen": 0}
     for name, parameter in model.named_parameters():
         counts["trainable" if parameter.requires_grad else "frozen"] += parameter.numel()
-        for part in ("moe_lora", "fusion"):
-            if name.startswith(part + "."):
-                counts[part] += parameter.numel()
+    for part, module in model.adapter.named_children():
+        counts[part] = sum(p.numel() for p in module.parameters())
     counts["total"] = counts["trainable"] + counts["frozen"]
     return counts

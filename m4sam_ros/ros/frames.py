@@ -1,8 +1,8 @@
 """Turn a paired RGB/depth message couple into tracker input, handling camera quirks.
 
 Sizes are checked, never trusted: aligned depth sometimes arrives unaligned or at another
-resolution (realsense-ros PR #2793). Depth with the RGB aspect ratio is resized
-(nearest neighbour: interpolating depth invents surfaces between objects); depth with
+resolution (realsense-ros PR #2793). Depth with the RGB aspect ratio is fitted to the RGB
+size (``depth.fit_depth``, the one depth resize of the package); depth with
 another aspect ratio cannot be aligned here, so that frame runs RGB-only. Every such
 decision comes back as a ``FrameNote`` for the log and diagnostics.
 """
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
+from m4sam_ros.depth import fit_depth
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.ros.conversions import depth_from_msg, intrinsics_from_info, rgb_from_msg, stamp_seconds
 
-__all__ = ["FrameNote", "PreparedFrame", "fit_depth_to_rgb", "prepare_frame", "resize_nearest"]
+__all__ = ["FrameNote", "PreparedFrame", "fit_depth_to_rgb", "prepare_frame"]
 
 ASPECT_TOLERANCE = 0.02
 
@@ -39,20 +40,13 @@ class PreparedFrame:
     notes: list[FrameNote] = field(default_factory=list)
 
 
-def resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) array, sampling pixel centres."""
-    rows = ((np.arange(height) + 0.5) * image.shape[0] / height).astype(np.intp)
-    cols = ((np.arange(width) + 0.5) * image.shape[1] / width).astype(np.intp)
-    return image[rows[:, None], cols[None, :]]
-
-
 def fit_depth_to_rgb(depth: np.ndarray, height: int, width: int) -> tuple[np.ndarray | None, FrameNote | None]:
     """Depth at the RGB size, or None when it cannot correspond pixel for pixel."""
     dh, dw = depth.shape
     if (dh, dw) == (height, width):
         return depth, None
     if abs((dw / dh) / (width / height) - 1.0) <= ASPECT_TOLERANCE:
-        return resize_nearest(depth, height, width), FrameNote(
+        return fit_depth(depth, height, width), FrameNote(
             "depth_size", f"depth {dw}x{dh} differs from RGB {width}x{height}: depth resized (nearest neighbour)",
             warning=False)
     return None, FrameNote(

@@ -12,15 +12,16 @@ from pathlib import Path
 import torch
 
 from m4sam_ros.depth import DepthConfig
-from m4sam_ros.engines import factory
+from m4sam_ros.devices import resolve_device
 from m4sam_ros.engines.base import EngineUnavailable
+from m4sam_ros.engines.factory import EngineSettings, create_engines
+from m4sam_ros.model.builder import load_m4sam
 from m4sam_ros.postprocess import PostprocessConfig
-from m4sam_ros.ros.parameters import EngineSettings, ModelSettings, NodeSettings
-from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
+from m4sam_ros.ros.parameters import EngineParameters, ModelParameters, NodeParameters
+from m4sam_ros.tracker import SaliencyTracker, TrackerConfig, resolve_mode
 
 __all__ = ["CHECKPOINT_FILES", "StartupError", "build_tracker", "check_model_files", "postprocess_config",
-           "resolve_device"]
-
+           "node_device"]
 # Official SAM2.1 release files per preset (github.com/facebookresearch/sam2, "Download Checkpoints").
 CHECKPOINT_FILES = {
     "hiera_t": "sam2.1_hiera_tiny.pt",
@@ -48,7 +49,7 @@ def _expand(path: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
-def check_model_files(model: ModelSettings) -> tuple[Path | None, Path | None]:
+def check_model_files(model: ModelParameters) -> tuple[Path | None, Path | None]:
     """(checkpoint, adapter) as existing paths (None where not used); StartupError otherwise."""
     checkpoint = adapter = None
     if model.sam2_checkpoint:
@@ -67,47 +68,44 @@ def check_model_files(model: ModelSettings) -> tuple[Path | None, Path | None]:
     return checkpoint, adapter
 
 
-def resolve_device(engine: EngineSettings) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; an unavailable GPU is an error."""
-    if engine.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if engine.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise StartupError(f"engine.device '{engine.device}' requested but torch sees no CUDA device "
-                               f"(torch {torch.__version__}); use engine.device cpu or auto")
-        index = int(engine.device.split(":")[1]) if ":" in engine.device else 0
-        if index >= torch.cuda.device_count():
-            raise StartupError(f"engine.device '{engine.device}': only {torch.cuda.device_count()} CUDA device(s)")
-    return engine.device
+def node_device(engine: EngineParameters) -> torch.device:
+    """``engine.device`` checked against this machine; StartupError naming the fix otherwise."""
+    try:
+        return resolve_device(engine.device)
+    except ValueError as exc:
+        raise StartupError(f"engine.device: {exc}") from None
 
 
-def build_tracker(settings: NodeSettings) -> tuple[SaliencyTracker, str]:
+def tracker_config(settings: NodeParameters) -> TrackerConfig:
+    return TrackerConfig(
+        image_size=settings.model.image_size,
+        num_memory_frames=settings.tracker.num_memory_frames,
+        gap_timeout_s=settings.tracker.gap_timeout_s,
+        lost_score_threshold=settings.tracker.lost_score_threshold,
+        lost_patience_frames=settings.tracker.lost_patience_frames,
+        mode=settings.model.mode,
+        depth=DepthConfig(min_m=settings.depth.min_m, max_m=settings.depth.max_m),
+        postprocess=postprocess_config(settings))
+
+
+def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
     """The tracker the settings describe, on the engines they ask for, and a one-line description."""
     checkpoint, adapter = check_model_files(settings.model)
-    device = resolve_device(settings.engine)
+    device = node_device(settings.engine)
     if settings.engine.num_threads > 0:
         # fewer threads than cores: OpenMP barriers stall for seconds when the cores are oversubscribed
         torch.set_num_threads(settings.engine.num_threads)
     try:
-        config = TrackerConfig(
-            image_size=settings.model.image_size,
-            num_memory_frames=settings.tracker.num_memory_frames,
-            gap_timeout_s=settings.tracker.gap_timeout_s,
-            lost_score_threshold=settings.tracker.lost_score_threshold,
-            lost_patience_frames=settings.tracker.lost_patience_frames,
-            mode=settings.model.mode,
-            depth=DepthConfig(min_m=settings.depth.min_m, max_m=settings.depth.max_m),
-            postprocess=postprocess_config(settings))
-        reference = SaliencyTracker.from_settings(
-            preset=settings.model.preset, image_size=settings.model.image_size,
-            sam2_checkpoint=str(checkpoint) if checkpoint else None, adapter=str(adapter) if adapter else None,
-            device="cpu", seed=settings.model.seed, config=config)
-        engines = factory.create_engines(reference.model, factory.EngineSettings(
-            backend=settings.engine.backend, device=device, precision=settings.engine.precision,
+        config = tracker_config(settings)
+        model = load_m4sam(settings.model.preset, settings.model.image_size, sam2_checkpoint=checkpoint,
+                           adapter=adapter, seed=settings.model.seed)
+        mode = resolve_mode(config.mode, model)
+        engines = create_engines(model, EngineSettings(
+            backend=settings.engine.backend, device=str(device), precision=settings.engine.precision,
             cache_dir=settings.engine.cache_dir or None, threads=settings.engine.num_threads,
-            zero_shot=reference.mode == "zero_shot"))
-        tracker = SaliencyTracker(reference.model, reference.config, device=str(engines.device),
-                                  encoder=engines.encoder, memory_attention=engines.memory_attention)
+            zero_shot=mode == "zero_shot"))
+        tracker = SaliencyTracker(model, config, device=engines.device, encoder=engines.encoder,
+                                  memory_attention=engines.memory_attention)
     except EngineUnavailable as exc:
         raise StartupError(f"engine.backend '{settings.engine.backend}' cannot run here: {exc}") from None
     except (ValueError, RuntimeError, OSError) as exc:
@@ -118,7 +116,7 @@ def build_tracker(settings: NodeSettings) -> tuple[SaliencyTracker, str]:
     return tracker, description
 
 
-def postprocess_config(settings: NodeSettings) -> PostprocessConfig:
+def postprocess_config(settings: NodeParameters) -> PostprocessConfig:
     """The run-time adjustable part of the settings, as the tracker's post-processing config."""
     return PostprocessConfig(threshold=settings.mask_threshold, min_area_fraction=settings.min_object_area_fraction,
                              max_objects=settings.max_objects)

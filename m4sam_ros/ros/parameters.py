@@ -19,9 +19,11 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
+from m4sam_ros.engines.backends import BACKEND_NAMES, RUNNABLE_PRECISIONS
 from m4sam_ros.model.config import PRESETS as MODEL_PRESETS
+from m4sam_ros.tracker import MODES
 
-__all__ = ["PARAMETERS", "NodeSettings", "ParameterError", "ParameterSpec", "check", "declare_all", "defaults", "spec"]
+__all__ = ["PARAMETERS", "NodeParameters", "ParameterError", "ParameterSpec", "check", "declare_all", "defaults", "spec"]
 
 Value = bool | int | float | str
 
@@ -61,8 +63,8 @@ class ParameterSpec:
 
 
 PRESETS = tuple(MODEL_PRESETS)
-BACKENDS = ("auto", "pytorch", "onnxruntime", "tensorrt")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+BACKENDS = ("auto", *BACKEND_NAMES)
+PRECISIONS = ("auto", *RUNNABLE_PRECISIONS)
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # -- output (changeable at run time) ---------------------------------------------------
@@ -100,7 +102,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   range=(64, 2048), step=32, read_only=True),
     ParameterSpec("model.mode", "auto",
                   "auto: learned when model.adapter is set, else zero_shot (SAM2 propagates a depth/centre prior).",
-                  choices=("auto", "learned", "zero_shot"), read_only=True),
+                  choices=MODES, read_only=True),
     ParameterSpec("model.seed", 0, "Seed of the random initialisation (only matters for preset 'test').",
                   range=(0, 2**31 - 1), step=1, read_only=True),
     # -- memory bank and depth normalisation (fixed at start-up) ---------------------------
@@ -164,14 +166,14 @@ def check(name: str, value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class SyncSettings:
+class SyncParameters:
     slop: float
     queue_size: int
     depth_timeout: float
 
 
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelParameters:
     preset: str
     sam2_checkpoint: str
     adapter: str
@@ -181,7 +183,7 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
-class TrackerSettings:
+class TrackerParameters:
     num_memory_frames: int
     gap_timeout_s: float
     lost_score_threshold: float
@@ -189,13 +191,13 @@ class TrackerSettings:
 
 
 @dataclass(frozen=True)
-class DepthSettings:
+class DepthParameters:
     min_m: float
     max_m: float
 
 
 @dataclass(frozen=True)
-class EngineSettings:
+class EngineParameters:
     backend: str
     device: str
     precision: str
@@ -205,17 +207,17 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
-class QosSettings:
+class QosParameters:
     reliable: bool
 
 
 @dataclass(frozen=True)
-class DiagnosticsSettings:
+class DiagnosticsParameters:
     period: float
 
 
 @dataclass(frozen=True)
-class NodeSettings:
+class NodeParameters:
     """Typed snapshot of all parameters; replaced as a whole when one changes (thread-safe reads)."""
 
     mask_threshold: float
@@ -223,23 +225,23 @@ class NodeSettings:
     max_objects: int
     publish_probability: bool
     overlay_alpha: float
-    sync: SyncSettings
-    qos: QosSettings
-    diagnostics: DiagnosticsSettings
-    model: ModelSettings
-    tracker: TrackerSettings
-    depth: DepthSettings
-    engine: EngineSettings
+    sync: SyncParameters
+    qos: QosParameters
+    diagnostics: DiagnosticsParameters
+    model: ModelParameters
+    tracker: TrackerParameters
+    depth: DepthParameters
+    engine: EngineParameters
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Value]) -> "NodeSettings":
+    def from_values(cls, values: Mapping[str, Value]) -> "NodeParameters":
         """Build from a flat {parameter name: value} mapping holding every parameter."""
         missing = set(_BY_NAME) - set(values)
         if missing:
             raise ValueError(f"missing parameters: {', '.join(sorted(missing))}")
-        groups = {"sync": SyncSettings, "qos": QosSettings, "diagnostics": DiagnosticsSettings,
-                  "model": ModelSettings, "tracker": TrackerSettings, "depth": DepthSettings,
-                  "engine": EngineSettings}
+        groups = {"sync": SyncParameters, "qos": QosParameters, "diagnostics": DiagnosticsParameters,
+                  "model": ModelParameters, "tracker": TrackerParameters, "depth": DepthParameters,
+                  "engine": EngineParameters}
         kwargs: dict[str, Any] = {}
         for field in fields(cls):
             group = groups.get(field.name)
@@ -254,7 +256,7 @@ class ParameterError(ValueError):
     """A parameter given at start-up (command line, YAML, launch file) is unacceptable."""
 
 
-def declare_all(node: Node, on_change: Callable[[NodeSettings], None] | None = None) -> NodeSettings:
+def declare_all(node: Node, on_change: Callable[[NodeParameters], None] | None = None) -> NodeParameters:
     """Declare every parameter on ``node`` (overrides validated) and return the settings.
 
     The validation callback is registered first, so values from the command line or a
@@ -272,7 +274,7 @@ def declare_all(node: Node, on_change: Callable[[NodeSettings], None] | None = N
         if declared and on_change is not None:
             values = {p.name: node.get_parameter(p.name).value for p in PARAMETERS}
             values.update({p.name: p.value for p in parameters})
-            on_change(NodeSettings.from_values(values))
+            on_change(NodeParameters.from_values(values))
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(validate)
@@ -285,7 +287,7 @@ def declare_all(node: Node, on_change: Callable[[NodeSettings], None] | None = N
         except InvalidParameterValueException as exc:
             raise ParameterError(f"parameter {p.name}: {_reason(exc)}") from None
     declared = True
-    return NodeSettings.from_values({p.name: node.get_parameter(p.name).value for p in PARAMETERS})
+    return NodeParameters.from_values({p.name: node.get_parameter(p.name).value for p in PARAMETERS})
 
 
 def _reason(exc: Exception) -> str:

@@ -38,7 +38,7 @@ from m4sam_ros.ros.frames import prepare_frame
 from m4sam_ros.ros.markers import build_markers
 from m4sam_ros.ros.model_loader import StartupError, build_tracker, postprocess_config
 from m4sam_ros.ros.overlay import render_overlay
-from m4sam_ros.ros.parameters import NodeSettings, ParameterError, declare_all
+from m4sam_ros.ros.parameters import NodeParameters, ParameterError, declare_all
 
 NODE_NAME = "m4sam_saliency"
 THROTTLE_S = 5.0
@@ -51,7 +51,7 @@ class SaliencyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         try:
-            self._settings: NodeSettings = declare_all(self, on_change=self._on_settings)
+            self._settings: NodeParameters = declare_all(self, on_change=self._on_settings)
         except ParameterError as exc:
             raise StartupError(str(exc)) from None
         self._loggers: dict[str, RcutilsLogger] = {}
@@ -148,7 +148,7 @@ class SaliencyNode(Node):
         self.get_logger().info("reset requested: memory bank will be re-initialised on the next frame")
         return response
 
-    def _on_settings(self, settings: NodeSettings) -> None:
+    def _on_settings(self, settings: NodeParameters) -> None:
         """A validated run-time parameter change: pairing applies now, the worker before its next frame."""
         self._pairer.configure(slop=settings.sync.slop, queue_size=settings.sync.queue_size,
                                depth_timeout=settings.sync.depth_timeout)

@@ -30,7 +30,7 @@ from m4sam_ros.engines.factory import Engines, create_engines
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.tools.bench_peer import PEER_STAGES, SAM2Streaming, build_sam2_peer
-from m4sam_ros.tools.model_args import add_engine_arguments, add_model_arguments, build_model, engine_settings
+from m4sam_ros.tools.model_args import add_engine_arguments, add_model_arguments, engine_settings, model_from_args
 from m4sam_ros.tracker import MODES, STAGES, SaliencyTracker, TrackerConfig, resolve_mode
 
 CHECKPOINTS = (10, 100, 1000)
@@ -133,7 +133,7 @@ class M4SAMRunner:
         _sync(self.tracker.device)
         t2 = time.perf_counter()
         self.trace.record({"image_conversion": (t1 - t0) * 1e3, **result.timings_ms}, (t2 - t0) * 1e3,
-                          self.tracker.bank.nbytes())
+                          self.tracker.memory.nbytes())
 
 
 class SAM2Runner:
@@ -255,11 +255,11 @@ def build_report(args: argparse.Namespace, engines: Engines, camera: tuple[int, 
 def run(args: argparse.Namespace) -> int:
     _check(args)
     width, height = _parse_camera(args.camera)
-    model = build_model(args)
+    model = model_from_args(args)
     config = TrackerConfig(image_size=args.image_size, lost_score_threshold=0.0, gap_timeout_s=1e9, mode=args.mode)
     engines = create_engines(model, engine_settings(args, zero_shot=resolve_mode(config.mode, model) == "zero_shot"))
     device = engines.device
-    tracker = SaliencyTracker(model, config, device=str(device), encoder=engines.encoder,
+    tracker = SaliencyTracker(model, config, device=device, encoder=engines.encoder,
                               memory_attention=engines.memory_attention)
     ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({engines.encoder.describe()})")
     runners = [ours]

@@ -19,7 +19,7 @@ from sam2.modeling.sam2_base import SAM2Base
 
 from m4sam_ros.model.config import M4SAMConfig
 from m4sam_ros.model.m4sam import sam2_modules
-from m4sam_ros.tracker import encoder_inputs
+from m4sam_ros.preprocess import model_inputs
 
 PEER_STAGES = ("preprocess", "encoder", "track_step", "postprocess")
 
@@ -53,7 +53,7 @@ class SAM2Streaming:
 
     def _preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """The tracker's own preprocessing, RGB part: (H, W, 3) uint8 -> (1, 3, S, S)."""
-        rgb_in, _, _ = encoder_inputs(rgb, None, self.model.image_size)
+        rgb_in, _, _ = model_inputs(rgb, None, self.model.image_size)
         return torch.from_numpy(rgb_in).to(self.device)
 
     def _keep(self, out: dict) -> dict:

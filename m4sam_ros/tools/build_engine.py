@@ -11,17 +11,18 @@ import argparse
 
 import torch
 
+from m4sam_ros.engines.backends import BACKENDS
 from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.engines.cache import ArtifactCache, weights_hash
-from m4sam_ros.tools.model_args import add_model_arguments, build_model, default_graphs
-from m4sam_ros.engines.factory import cached_tensorrt_engine
 from m4sam_ros.engines.graphs import GRAPHS
-from m4sam_ros.engines.tensorrt_backend import DEFAULT_WORKSPACE_GIB, TrtGraph, import_tensorrt, require_cuda
+from m4sam_ros.engines.tensorrt_backend import (DEFAULT_WORKSPACE_GIB, TrtGraph, cached_engine, import_tensorrt,
+                                                require_cuda)
+from m4sam_ros.tools.model_args import add_model_arguments, default_graphs, model_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--precision", default="fp16", choices=("fp16", "fp32", "int8"),
+    parser.add_argument("--precision", default="fp16", choices=(*BACKENDS["tensorrt"].all_precisions, "int8"),
                         help="engine precision (int8 needs calibration, not available yet)")
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (the GPU the engine is for)")
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=None,
@@ -44,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"m4sam build-engine: {error}")
         return 2
     device = torch.device(args.device)
-    model = build_model(args).to(device)
+    model = model_from_args(args).to(device)
     cache = ArtifactCache(args.cache_dir)
     weights = weights_hash(model)
-    for graph in args.graphs or default_graphs(args):
-        path = cached_tensorrt_engine(model, graph, cache, args.precision, device, weights,
-                                      args.workspace_gib, rebuild=args.rebuild)
+    for graph in args.graphs or default_graphs(model):
+        path = cached_engine(model, graph, cache, args.precision, device, weights, args.workspace_gib,
+                             rebuild=args.rebuild)
         TrtGraph(path.read_bytes(), device)  # proves it loads on this GPU
         print(f"{graph}: {path} ({path.stat().st_size / 1e6:.1f} MB, {args.precision})")
     return 0

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from m4sam_ros.tools.model_args import add_model_arguments, build_model, default_graphs
+from m4sam_ros.tools.model_args import add_model_arguments, default_graphs, model_from_args
 from m4sam_ros.engines.export import OPSET, export_onnx
 from m4sam_ros.engines.graphs import GRAPHS, graph_spec
 from m4sam_ros.tools.parity import PARITY_CHECKS, ParityRow, worst
@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.parity_frames < 2:
         print("m4sam export: --parity-frames must be >= 2 (the memory check needs a bank before a frame)")
         return 2
-    model = build_model(args)
+    model = model_from_args(args)
     failed = False
-    for graph in args.graphs or default_graphs(args):
+    for graph in args.graphs or default_graphs(model):
         spec = graph_spec(graph, model)
         path = args.output_dir / f"m4sam-{args.preset}-{args.image_size}-{graph}.onnx"
         export_onnx(spec, path, metadata={"preset": args.preset, "image_size": str(args.image_size)})

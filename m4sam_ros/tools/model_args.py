@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from m4sam_ros.engines.backends import BACKEND_NAMES
+from m4sam_ros.engines.base import PRECISIONS
 from m4sam_ros.engines.factory import EngineSettings
 from m4sam_ros.engines.graphs import graphs_for
 from m4sam_ros.engines.selection import AUTO
+from m4sam_ros.model.builder import load_m4sam
 from m4sam_ros.model.config import PRESETS
-from m4sam_ros.model.m4sam import M4SAM, build_m4sam
+from m4sam_ros.model.m4sam import M4SAM
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512) -> None:
@@ -22,25 +25,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
-    group.add_argument("--backend", default=AUTO, choices=(AUTO, "pytorch", "onnxruntime", "tensorrt"))
+    group.add_argument("--backend", default=AUTO, choices=(AUTO, *BACKEND_NAMES))
     group.add_argument("--device", default=AUTO, help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--precision", default=AUTO, choices=(AUTO, "fp32", "fp16", "bf16", "int8"))
+    group.add_argument("--precision", default=AUTO, choices=(AUTO, *PRECISIONS))
     group.add_argument("--cache-dir", default=None,
                        help="exported graphs and TensorRT engines (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
     group.add_argument("--no-memory-attention-engine", action="store_true",
                        help="keep memory attention in PyTorch whatever the backend")
 
 
-def build_model(args: argparse.Namespace) -> M4SAM:
+def model_from_args(args: argparse.Namespace) -> M4SAM:
     """The model the arguments describe, weights loaded, in eval mode."""
-    from m4sam_ros.model.checkpoint import load_adapter, load_sam2_checkpoint
-
-    model = build_m4sam(args.preset, image_size=args.image_size, seed=args.seed)
-    if args.sam2_checkpoint:
-        load_sam2_checkpoint(model, args.sam2_checkpoint)
-    if args.adapter:
-        load_adapter(model, args.adapter)
-    return model.eval()
+    return load_m4sam(args.preset, args.image_size, sam2_checkpoint=args.sam2_checkpoint, adapter=args.adapter,
+                      seed=args.seed)
 
 
 def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings:
@@ -50,9 +47,7 @@ def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings
                           zero_shot=zero_shot)
 
 
-def default_graphs(args: argparse.Namespace) -> list[str]:
+def default_graphs(model: M4SAM) -> list[str]:
     """What the node runs with these weights: with an adapter, learned mode (RGB-D encoder);
     without, zero-shot mode (SAM2's encoder); and the memory attention."""
-    return list(graphs_for(zero_shot=not args.adapter))
-
-
+    return list(graphs_for(model, zero_shot=not model.adapter_file))

@@ -15,9 +15,10 @@ import torch
 from m4sam_ros.depth import normalize_depth
 from m4sam_ros.engines.graph_engines import CompiledGraph, GraphMemoryAttention
 from m4sam_ros.engines.graphs import (ENCODER, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_SAM2, MEMORY_ATTENTION,
-                                      MEMORY_INPUTS, encoder_inputs, memory_inputs)
+                                      MEMORY_INPUTS, example_encoder_inputs, example_memory_inputs)
 from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention
 from m4sam_ros.model.m4sam import M4SAM
+from m4sam_ros.preprocess import model_inputs
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,12 @@ def worst(rows: list[ParityRow]) -> ErrorStats:
 def frame_inputs(rgb: np.ndarray, depth: np.ndarray | None, image_size: int) -> dict[str, torch.Tensor]:
     """A camera frame -> encoder inputs through the tracker's own preprocessing (learned mode:
     depth normalised the one documented way, absent depth -> zeros and modality_present [1, 0])."""
-    from m4sam_ros.tracker import encoder_inputs
-
     depth_normalized = normalize_depth(depth)[0] if depth is not None else None
-    arrays = encoder_inputs(rgb, depth_normalized, image_size)
+    arrays = model_inputs(rgb, depth_normalized, image_size)
     return {name: torch.from_numpy(array) for name, array in zip(ENCODER_INPUTS, arrays)}
 
 
-def synthetic_frames(frames: int, seed: int = 0):
+def parity_frames(frames: int, seed: int = 0):
     """Synthetic RGB-D frames (160 x 120); the last one has its depth dropped."""
     from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 
@@ -79,8 +78,8 @@ def _to(device: torch.device, tensors: dict[str, torch.Tensor]) -> dict[str, tor
 
 def _encoder_cases(model: M4SAM, frames: int, seed: int) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """(label, RGB-D encoder inputs): one random input and ``frames`` synthetic frames."""
-    cases = [("random", encoder_inputs(model, generator=torch.Generator().manual_seed(seed)))]
-    for index, rgb, depth in synthetic_frames(frames, seed):
+    cases = [("random", example_encoder_inputs(model, generator=torch.Generator().manual_seed(seed)))]
+    for index, rgb, depth in parity_frames(frames, seed):
         label = f"synthetic frame {index}" + (" (no depth)" if depth is None else "")
         cases.append((label, frame_inputs(rgb, depth, model.config.image_size)))
     return cases
@@ -124,7 +123,7 @@ def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4,
     device = next(model.parameters()).device
     slots = MemorySlots.for_model(model)
     static = StaticMemoryAttention(model, slots, (model.config.image_size // 16,) * 2)
-    inputs = _to(device, memory_inputs(model, slots, generator=torch.Generator().manual_seed(seed)))
+    inputs = _to(device, example_memory_inputs(model, slots, generator=torch.Generator().manual_seed(seed)))
     with torch.inference_mode():
         reference = {"pix_feat": static(*(inputs[n] for n in MEMORY_INPUTS))}
     rows = [ParityRow(MEMORY_ATTENTION, "random", "pix_feat", e)
@@ -132,15 +131,15 @@ def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4,
     engine = GraphMemoryAttention(graph, model, slots, "graph", "fp32")
     tracker = SaliencyTracker(model, TrackerConfig(image_size=model.config.image_size, mode="learned"),
                               device=str(device))
-    for index, rgb, depth in synthetic_frames(frames, seed):
+    for index, rgb, depth in parity_frames(frames, seed):
         if index > 0:  # the bank holds frames 0 .. index-1; frame `index` attends to it
             encoder_feed = _to(device, frame_inputs(rgb, depth, model.config.image_size))
             with torch.inference_mode():
                 frame = model.encode(*(encoder_feed[n] for n in ENCODER_INPUTS))
-                view = tracker.bank.view()
+                view = tracker.memory.view()
                 sam2_reference = {"pix_feat": model.condition_on_memory(frame, view)}
             got = {"pix_feat": engine(frame, view)}
-            label = f"synthetic frame {index}, bank of {len(tracker.bank)} frames"
+            label = f"synthetic frame {index}, bank of {len(tracker.memory)} frames"
             rows += [ParityRow(MEMORY_ATTENTION, label, "pix_feat", e)
                      for e in compare_outputs(sam2_reference, got).values()]
         tracker.step(rgb, depth, stamp=index / 30.0)

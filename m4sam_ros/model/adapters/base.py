@@ -1,0 +1,116 @@
+"""The adapter seam: what M4SAM asks of a trainable RGB-D adapter, and how modalities are routed.
+
+An adapter is everything a model variant trains on top of the frozen SAM2: it hooks into
+the Hiera trunk's blocks (``attach``), turns the per-modality FPN levels into the levels
+SAM2's decoder reads (``fuse`` for RGB-D, ``refine`` for RGB alone) and says which temporal
+memory its learned mode streams with (``memory``). Its parameters are the trainable ones,
+all of them, so the model, checkpoints and training never name an adapter's parts.
+
+The trunk always sees RGB-D as one batch of two, B RGB samples then B depth samples, like
+the papers' shared encoder. Which layout the batch currently has is the *routing*, set
+for a block of code with ``routing(mode)`` and read by the hooks with ``current_routing()``;
+it lives in a context variable, so two threads encoding at once never see each other's:
+"pair" (B RGB then B depth), "rgb" (B RGB only: a frame without depth) or "off" (adapters
+bypassed: SAM2's own encoder, zero-shot mode).
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from sam2.modeling.backbones.hieradet import Hiera
+from torch import nn
+
+ROUTINGS = ("pair", "rgb", "off")
+_ROUTING: contextvars.ContextVar[str] = contextvars.ContextVar("m4sam_adapter_routing", default="pair")
+
+
+@contextmanager
+def routing(mode: str) -> Iterator[None]:
+    """Within the block the trunk's batch is laid out as ``mode`` (see the module docstring)."""
+    if mode not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {mode!r}")
+    token = _ROUTING.set(mode)
+    try:
+        yield
+    finally:
+        _ROUTING.reset(token)
+
+
+def current_routing() -> str:
+    return _ROUTING.get()
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Base of every adapter's config: the fields of a subclass describe its trained weights,
+    so an adapter file must agree on all of them (``kind`` included)."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        """Plain types only (lists), so it survives ``torch.load(weights_only=True)``."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {"kind": self.kind, **values}
+
+    def differences(self, other: "AdapterConfig") -> dict[str, tuple]:
+        """Field name -> (self, other) for every field that differs (``kind`` first)."""
+        if type(other) is not type(self):
+            return {"kind": (self.kind, other.kind)}
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)}
+
+
+@dataclass(frozen=True)
+class TrunkGeometry:
+    """What an adapter needs to know of the model it attaches to."""
+
+    trunk: Hiera
+    d_model: int  # FPN / decoder width
+    image_size: int  # square model input
+
+    def block_input_sizes(self) -> list[int]:
+        """Side of each Hiera block's input token grid: stride 4 after the patch embedding,
+        halved after every block that pools its queries."""
+        side, sides = self.image_size // 4, []
+        for block in self.trunk.blocks:
+            sides.append(side)
+            if block.q_stride:
+                side //= block.q_stride[0]
+        return sides
+
+
+class Adapter(nn.Module, ABC):
+    """A trainable RGB-D adapter of the frozen SAM2 (see the module docstring)."""
+
+    kind: ClassVar[str]
+    config_type: ClassVar[type[AdapterConfig]]
+    memory: ClassVar[str] = "sam2"  # temporal memory of learned mode: SAM2's memory bank
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        self.config = config
+
+    @abstractmethod
+    def attach(self, geometry: TrunkGeometry) -> None:
+        """Hook into the trunk's blocks; called once, by the model that owns both."""
+
+    @abstractmethod
+    def fuse(self, rgb_levels: list[torch.Tensor], depth_levels: list[torch.Tensor],
+             modality_present: torch.Tensor) -> list[torch.Tensor]:
+        """Per-modality FPN levels (finest first, each (B, C, H_l, W_l)) and modality_present
+        (B, 2) -> the levels the decoder reads."""
+
+    @abstractmethod
+    def refine(self, rgb_levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``fuse`` for frames without depth: equal to it with depth marked absent."""
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Every parameter of the adapter trains; SAM2 stays frozen."""
+        return self.named_parameters()
