@@ -5,6 +5,7 @@ Set before any test imports rclpy or starts a process, so parallel test runs on 
 machine (or a robot on the same network) never cross-talk with ours.
 """
 import os
+import threading
 
 import pytest
 
@@ -22,3 +23,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """An rclpy node of the test process, spun in the background (one per test module)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node("m4sam_test", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    yield node
+    executor.shutdown(timeout_sec=5)
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
+    spinner.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("node_logs")
+
+

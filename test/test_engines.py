@@ -24,42 +24,15 @@ from m4sam_ros.engines.torch_backend import TorchEncoder, TorchMemoryAttention
 from m4sam_ros.model.m4sam import EncodedFrame, build_m4sam
 from m4sam_ros.model.memory import MemoryView
 
+from helpers import memory_output, memory_view, randomize_adapters
+
 SIZE = 64
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-
-
-def randomize_adapters(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Fresh adapters add exactly zero (up-projections start at 0); give them random weights
-    so the MoE-LoRA and fusion paths show up in every comparison."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith("adapter."):
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model
 
 
 @pytest.fixture(scope="module")
 def model():
     return randomize_adapters(build_m4sam("test", image_size=SIZE, seed=0))
-
-
-def _entry(model, generator, spatial=True):
-    h = SIZE // 16
-    out = {"obj_ptr": torch.randn(1, model.hidden_dim, generator=generator)}
-    if spatial:
-        out["maskmem_features"] = torch.randn(1, model.mem_dim, h, h, generator=generator)
-        out["maskmem_pos_enc"] = [torch.randn(1, model.mem_dim, h, h, generator=generator)]
-    return out
-
-
-def _bank(model, frame_index, recent, generator, num_frames=17):
-    """A bank like the tracker's view: conditioning frame at 0, ``recent`` frames before frame_index,
-    only the last num_maskmem - 1 with spatial memory."""
-    non_cond = {frame_index - d: _entry(model, generator, spatial=d <= model.num_maskmem - 1)
-                for d in range(1, recent + 1) if frame_index - d > 0}
-    return MemoryView(frame_index, {"cond_frame_outputs": {0: _entry(model, generator)},
-                                    "non_cond_frame_outputs": non_cond}, num_frames)
 
 
 # ---- RoPE --------------------------------------------------------------------------------
@@ -97,7 +70,7 @@ def test_rope_keeps_dtype_and_refuses_mismatched_tables():
 def test_packed_memory_attention_equals_sam2(model, frame_index, recent):
     """Packing into fixed slots + masking gives SAM2's own result for every fill level."""
     generator = torch.Generator().manual_seed(frame_index)
-    view = _bank(model, frame_index, recent, generator)
+    view = memory_view(model, frame_index, recent, generator)
     h = SIZE // 16
     frame = EncodedFrame(torch.randn(1, model.hidden_dim, h, h, generator=generator), None, None,
                          torch.randn(1, model.hidden_dim, h, h, generator=generator))
@@ -130,7 +103,7 @@ def test_pack_memory_refuses_what_it_cannot_mirror(model):
     empty = MemoryView(1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, 17)
     with pytest.raises(ValueError, match="no conditioning frame"):
         pack_memory(model, empty, slots, (4, 4), 1)
-    two = MemoryView(3, {"cond_frame_outputs": {0: _entry(model, generator), 1: _entry(model, generator)},
+    two = MemoryView(3, {"cond_frame_outputs": {0: memory_output(model, generator), 1: memory_output(model, generator)},
                          "non_cond_frame_outputs": {}}, 17)
     with pytest.raises(ValueError, match="slots for 1"):
         pack_memory(model, two, slots, (4, 4), 1)
@@ -327,6 +300,7 @@ def test_torch_engines_are_the_model(model):
         TorchEncoder(model, "cpu", "int8")
 
 
+@pytest.mark.slow
 def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_path, caplog):
     settings = EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path))
     engines = create_engines(model, settings)
@@ -337,7 +311,7 @@ def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_pa
         reference = model.encode(**inputs)
     for got, ref in zip(frame, reference):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
-    view = _bank(model, 5, 4, torch.Generator().manual_seed(3))
+    view = memory_view(model, 5, 4, torch.Generator().manual_seed(3))
     with torch.inference_mode():
         expected = model.condition_on_memory(reference, view)
     torch.testing.assert_close(engines.memory_attention(reference, view), expected, rtol=1e-4, atol=1e-5)
@@ -350,6 +324,7 @@ def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_pa
     assert caplog.text.count("cache hit") == 2 and "exporting" not in caplog.text
 
 
+@pytest.mark.slow
 def test_zero_shot_engines_run_sam2s_encoder_graph(model, tmp_path, caplog):
     """zero_shot=True exports SAM2's encoder alone; it equals the model's encode_sam2 and
     refuses learned-mode calls. Learned-mode engines answer encode_rgb through the RGB-D graph."""

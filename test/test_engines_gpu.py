@@ -16,7 +16,7 @@ from m4sam_ros.engines.graphs import example_encoder_inputs
 from m4sam_ros.tools.parity import compare_outputs
 from m4sam_ros.model.m4sam import build_m4sam
 
-from test_engines import _bank, randomize_adapters
+from helpers import memory_view, randomize_adapters
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() "
@@ -33,7 +33,7 @@ def model():
 
 def _worst_relative(engines, model) -> float:
     inputs = {k: v.cuda() for k, v in example_encoder_inputs(model, generator=torch.Generator().manual_seed(0)).items()}
-    view = _bank(model, 5, 4, torch.Generator().manual_seed(1))  # CPU tensors -> GPU
+    view = memory_view(model, 5, 4, torch.Generator().manual_seed(1))  # CPU tensors -> GPU
     view.output_dict = {bucket: {t: {k: [x.cuda() for x in v] if isinstance(v, list) else v.cuda()
                                      for k, v in out.items()} for t, out in frames.items()}
                         for bucket, frames in view.output_dict.items()}

@@ -19,10 +19,11 @@ from m4sam_ros.tools.parity import encoder_parity, encoder_sam2_parity, memory_a
 from m4sam_ros.model.checkpoint import save_adapter
 from m4sam_ros.model.m4sam import build_m4sam
 
-from test_engines import randomize_adapters
+from helpers import randomize_adapters
 
 # float32 ONNX Runtime vs PyTorch: both are float32 on CPU, differences are summation order
 TOLERANCE = 1e-5
+pytestmark = pytest.mark.slow  # every test here exports graphs
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,6 @@ def test_memory_attention_parity_on_tracker_banks(test_model, exported):
     assert worst(rows).relative < TOLERANCE
 
 
-@pytest.mark.slow
 def test_hiera_t_exports_with_parity(tmp_path):
     """The real Hiera-T structure (random weights) at a small input."""
     model = randomize_adapters(build_m4sam("hiera_t", image_size=128, seed=0))

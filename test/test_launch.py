@@ -142,6 +142,7 @@ def _node_actions(path: Path, arguments: dict[str, str]):
     return nodes, context
 
 
+@pytest.mark.launch
 def test_realsense_launch_resolves_nodes_and_remappings():
     pytest.importorskip("launch_ros")
     nodes, context = _node_actions(LAUNCH["realsense"], {"camera_namespace": "cam_ns", "camera_name": "d435",
@@ -156,6 +157,8 @@ def test_realsense_launch_resolves_nodes_and_remappings():
                       "rgb/camera_info": "/cam_ns/d435/color/camera_info"}
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 def test_saliency_launch_starts_the_node():
     pytest.importorskip("launch_ros")
     import rclpy

@@ -52,6 +52,7 @@ def collect(topics: dict[str, type], command: list[str], seconds: float) -> dict
     return received
 
 
+@pytest.mark.slow
 def test_player_replays_a_generic_folder(tmp_path: Path) -> None:
     config = SyntheticConfig(width=64, height=48, frames=12, seed=3)
     write_video(tmp_path, "clip", config)
@@ -71,6 +72,7 @@ def test_player_replays_a_generic_folder(tmp_path: Path) -> None:
         {(m.header.stamp.sec, m.header.stamp.nanosec) for m in rgb}, "depth must share the RGB stamps"
 
 
+@pytest.mark.slow
 def test_player_refuses_a_missing_folder(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "m4sam_ros.ros.player", "--root", str(tmp_path / "nope")],
                             capture_output=True, text=True, timeout=60)

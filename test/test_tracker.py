@@ -18,7 +18,7 @@ from m4sam_ros.model.memory import MemoryBank, MemoryEntry
 from m4sam_ros.preprocess import model_inputs
 from m4sam_ros.tracker import STAGES, SaliencyTracker, TrackerConfig
 
-from test_engines import randomize_adapters
+from helpers import randomize_adapters
 
 SIZE = 64
 
@@ -167,6 +167,7 @@ def test_two_trackers_are_bit_identical(video, mode):
     assert not np.array_equal(a[0].probability, a[7].probability)  # frames do differ
 
 
+@pytest.mark.slow
 def test_memory_bank_is_bounded_over_500_frames():
     tracker = _tracker(mode="learned", num_memory_frames=6)
     rng = np.random.default_rng(0)

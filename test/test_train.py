@@ -148,6 +148,7 @@ def test_bf16_autocast_step_on_cpu(tmp_path):
 LEARN_STEPS = 40
 
 
+@pytest.mark.slow
 def test_training_raises_held_out_s_measure(tmp_path):
     config = _config(tmp_path, "learn", train_all=True, steps=LEARN_STEPS, lr=3e-3, warmup_steps=5,
                      synthetic_videos=6, synthetic_frames=12, synthetic_height=48, synthetic_width=64)

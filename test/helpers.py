@@ -1,0 +1,265 @@
+"""What the test modules share: waiting, the node as a process, a test camera, a probe of the
+node's outputs, and model helpers. Imported by the tests (``from helpers import ...``);
+fixtures built on them live in ``conftest.py``."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
+from m4sam_ros.model.memory import MemoryView
+from m4sam_ros.msg import SalientObjectArray
+from m4sam_ros.ros.conversions import image_msg
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config" / "m4sam.yaml"
+DOMAIN = int(os.environ["ROS_DOMAIN_ID"])  # conftest gives each session its own
+HEIGHT, WIDTH = 96, 128
+FRAME_ID = "test_camera_color_optical_frame"
+RATE_HZ = 15.0
+# one torch thread: on a shared, oversubscribed CPU OpenMP barriers stall for seconds
+TEST_MODEL = ("model.preset:=test", "model.image_size:=64", "engine.num_threads:=1")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+class NodeProcess:
+    """The node as its own process group (the venv's bootstrapper re-execs Python once)."""
+
+    def __init__(self, log_dir: Path, namespace: str, *params: str, params_file: bool = True):
+        self.log = log_dir / f"{namespace.strip('/') or 'root'}_{time.monotonic_ns()}.log"
+        args = [sys.executable, "-m", "m4sam_ros.ros.saliency_node", "--ros-args", "-r", f"__ns:={namespace}"]
+        if params_file:
+            args += ["--params-file", str(CONFIG)]
+        for param in params:
+            args += ["-p", param]
+        env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                   ROS_LOG_DIR=str(log_dir / "ros_log"), PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log_dir,
+                                            start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.process.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """Finalizer: SIGINT, then SIGKILL for the whole group if it does not go."""
+        try:
+            self.signal(signal.SIGINT)
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class Received:
+    """Messages of one topic with their arrival times."""
+
+    items: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, msg) -> None:
+        with self.lock:
+            self.items.append((time.monotonic(), msg))
+
+    def since(self, t: float) -> list:
+        with self.lock:
+            return [m for (arrival, m) in self.items if arrival >= t]
+
+    def last(self):
+        with self.lock:
+            return self.items[-1][1] if self.items else None
+
+
+class SyntheticCamera:
+    """Publishes synthetic RGB-D frames + camera_info at RATE_HZ; hooks let a test break them."""
+
+    def __init__(self, node, namespace: str, qos: QoSProfile):
+        config = SyntheticConfig(height=HEIGHT, width=WIDTH, frames=30, seed=3)
+        self.frames = list(generate_video(config))
+        self.intrinsics = config.intrinsics()
+        self.node = node
+        self.rgb_pub = node.create_publisher(Image, f"{namespace}/rgb/image", qos)
+        self.depth_pub = node.create_publisher(Image, f"{namespace}/depth/image", qos)
+        self.info_pub = node.create_publisher(CameraInfo, f"{namespace}/rgb/camera_info", qos)
+        self.clock = node.get_clock()
+        self.send_depth = True
+        self.stamp_offset_ns = 0
+        self.rgb_hook: Callable[[Image], Image] | None = None
+        self.depth_hook: Callable[[Image], Image] | None = None
+        self.sent: dict[int, str] = {}  # RGB stamp (ns) -> frame_id
+        self.sent_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        index = 0
+        period = 1.0 / RATE_HZ
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            frame = self.frames[index % len(self.frames)]
+            index += 1
+            now = self.clock.now()
+            stamp = Time(nanoseconds=now.nanoseconds + self.stamp_offset_ns).to_msg()
+            rgb = image_msg(self._header(stamp), frame.rgb, "rgb8")
+            if self.rgb_hook is not None:
+                rgb = self.rgb_hook(rgb)
+            with self.sent_lock:
+                self.sent[stamp_ns(rgb.header.stamp)] = rgb.header.frame_id
+            info = CameraInfo(header=self._header(stamp), width=WIDTH, height=HEIGHT, distortion_model="plumb_bob")
+            i = self.intrinsics
+            info.k = [i.fx, 0.0, i.cx, 0.0, i.fy, i.cy, 0.0, 0.0, 1.0]
+            self.rgb_pub.publish(rgb)
+            self.info_pub.publish(info)
+            if self.send_depth:
+                depth = image_msg(self._header(stamp), frame.depth_mm, "16UC1")
+                if self.depth_hook is not None:
+                    depth = self.depth_hook(depth)
+                self.depth_pub.publish(depth)
+            next_tick += period
+            self._stop.wait(max(0.0, next_tick - time.monotonic()))
+
+    @staticmethod
+    def _header(stamp) -> Header:
+        return Header(stamp=stamp, frame_id=FRAME_ID)
+
+    def was_sent(self, header) -> bool:
+        with self.sent_lock:
+            return self.sent.get(stamp_ns(header.stamp)) == header.frame_id
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for publisher in (self.rgb_pub, self.depth_pub, self.info_pub):
+            self.node.destroy_publisher(publisher)
+
+
+class Probe:
+    """Subscribes to one node's outputs (in ``namespace``) and its /diagnostics status."""
+
+    def __init__(self, node, namespace: str):
+        self.node = node
+        self.namespace = namespace
+        qos = QoSProfile(depth=20)
+        self.mask, self.objects, self.markers, self.probability = Received(), Received(), Received(), Received()
+        self.diagnostics = Received()
+        node.create_subscription(Image, f"{namespace}/saliency/mask", self.mask.add, qos)
+        node.create_subscription(SalientObjectArray, f"{namespace}/saliency/objects", self.objects.add, qos)
+        node.create_subscription(MarkerArray, f"{namespace}/saliency/markers", self.markers.add, qos)
+        node.create_subscription(Image, f"{namespace}/saliency/probability", self.probability.add, qos)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+        self._name = f"{namespace}/m4sam_saliency: pipeline"
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == self._name:
+                level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+                self.diagnostics.add({"level": level, "message": status.message,
+                                      **{kv.key: kv.value for kv in status.values}})
+
+    def diag(self) -> dict:
+        return self.diagnostics.last() or {}
+
+    def wait_diag(self, predicate: Callable[[dict], bool], timeout: float, what: str, since: float = 0.0) -> dict:
+        return wait_until(lambda: next((d for d in reversed(self.diagnostics.since(since)) if predicate(d)), None),
+                          timeout, what)
+
+    def wait_masks(self, count: int, timeout: float, since: float) -> list[Image]:
+        wait_until(lambda: len(self.mask.since(since)) >= count, timeout, f"{count} masks")
+        return self.mask.since(since)
+
+    def call(self, service_type, name: str, request, timeout: float = 10.0):
+        client = self.node.create_client(service_type, name)
+        try:
+            assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+            future = client.call_async(request)
+            wait_until(future.done, timeout, f"response of {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, **values) -> list:
+        request = SetParameters.Request(parameters=[Parameter(k.replace("__", "."), value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+        return self.call(SetParameters, f"{self.namespace}/m4sam_saliency/set_parameters", request).results
+
+
+
+# -- models --------------------------------------------------------------------------------
+
+def randomize_adapters(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Fresh adapters add exactly zero (up-projections start at 0); give them random weights
+    so the MoE-LoRA and fusion paths show up in every comparison."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith("adapter."):
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def memory_output(model, generator: torch.Generator, spatial: bool = True) -> dict:
+    """One frame's memory in SAM2's layout, random, sized for the model's own input size."""
+    h = model.config.image_size // 16
+    out = {"obj_ptr": torch.randn(1, model.hidden_dim, generator=generator)}
+    if spatial:
+        out["maskmem_features"] = torch.randn(1, model.mem_dim, h, h, generator=generator)
+        out["maskmem_pos_enc"] = [torch.randn(1, model.mem_dim, h, h, generator=generator)]
+    return out
+
+
+def memory_view(model, frame_index: int, recent: int, generator: torch.Generator, num_frames: int = 17) -> MemoryView:
+    """A bank like the tracker's view: conditioning frame at 0, ``recent`` frames before frame_index,
+    only the last num_maskmem - 1 with spatial memory."""
+    non_cond = {frame_index - d: memory_output(model, generator, spatial=d <= model.num_maskmem - 1)
+                for d in range(1, recent + 1) if frame_index - d > 0}
+    return MemoryView(frame_index, {"cond_frame_outputs": {0: memory_output(model, generator)},
+                                    "non_cond_frame_outputs": non_cond}, num_frames)
+
+
