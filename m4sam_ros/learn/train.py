@@ -39,6 +39,7 @@ from m4sam_ros.learn.losses import LossWeights, frame_losses
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
 from m4sam_ros.learn.synthetic import SyntheticConfig, write_dataset
 from m4sam_ros.devices import resolve_device
+from m4sam_ros.model.adapters import ADAPTERS
 from m4sam_ros.model.builder import load_m4sam
 from m4sam_ros.model.checkpoint import CheckpointError, save_adapter
 from m4sam_ros.model.config import PRESETS
@@ -64,6 +65,9 @@ class TrainConfig:
 
     # model
     preset: str = field(default="test", metadata=_help("model preset", choices=sorted(PRESETS)))
+    adapter_kind: str = field(default="moe_lora", metadata=_help(
+        "which adapter to train (model.adapters registry); --init-adapter's file decides when given",
+        choices=sorted(ADAPTERS)))
     image_size: int = field(default=512, metadata=_help("model input size (multiple of 32)"))
     sam2_checkpoint: str | None = field(default=None, metadata=_help(
         "official SAM2/SAM2.1 checkpoint for the frozen part (required unless preset 'test' or --train-all)"))
@@ -137,6 +141,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.adapter_kind not in ADAPTERS:
+            raise ValueError(f"unknown adapter kind {self.adapter_kind!r}; choose one of {sorted(ADAPTERS)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         if self.preset != "test" and not self.sam2_checkpoint and not self.train_all:
@@ -194,7 +200,7 @@ def model_to_train(config: TrainConfig) -> M4SAM:
     if not config.sam2_checkpoint and not config.train_all:
         LOG.warning("no --sam2-checkpoint: the frozen SAM2 part of preset %r is RANDOM (tests only)", config.preset)
     model = load_m4sam(config.preset, config.image_size, sam2_checkpoint=config.sam2_checkpoint,
-                       adapter=config.init_adapter, seed=config.seed)
+                       adapter=config.init_adapter, adapter_kind=config.adapter_kind, seed=config.seed)
     if config.train_all:
         for parameter in model.parameters():
             parameter.requires_grad_(True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from m4sam_ros.model.adapters import AdapterConfig, MoELoRAConfig, adapter_config_from_dict
+from m4sam_ros.model.adapters import ADAPTERS, AdapterConfig, MoELoRAConfig, adapter_config_from_dict
 
 SAM2_VERSIONS = ("2.0", "2.1")
 
@@ -159,3 +159,12 @@ def preset_config(preset: str, image_size: int = 512, **overrides) -> M4SAMConfi
     if adapter_overrides:
         adapter = dataclasses.replace(adapter, **adapter_overrides)
     return dataclasses.replace(base, image_size=image_size, adapter=adapter, **overrides)
+
+
+def adapter_config_for(preset: str, kind: str) -> AdapterConfig:
+    """The adapter config a preset gets for an adapter ``kind``: its own when it is the preset's
+    kind (the test preset's MoE-LoRA is smaller), else that adapter's defaults."""
+    if kind not in ADAPTERS:
+        raise ValueError(f"unknown adapter kind {kind!r}; choose one of {sorted(ADAPTERS)}")
+    own = PRESETS[preset].adapter if preset in PRESETS else None
+    return own if own is not None and own.kind == kind else ADAPTERS[kind].config_type()

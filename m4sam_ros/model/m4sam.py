@@ -37,7 +37,7 @@ from sam2.modeling.sam2_base import SAM2Base
 
 from m4sam_ros.model.adapters import TrunkGeometry, build_adapter, routing
 from m4sam_ros.model.config import M4SAMConfig, preset_config
-from m4sam_ros.model.memory import MemoryBank, MemoryView
+from m4sam_ros.model.memory import MemoryBank, MemoryView, StreamMemory
 
 # The only submodule that trains; everything else is frozen SAM2.
 TRAINABLE_PREFIXES = ("adapter.",)
@@ -219,13 +219,12 @@ class M4SAM(SAM2Base):
         )
 
     # ---- temporal state ------------------------------------------------------------------
-    def new_memory(self, zero_shot: bool, num_memory_frames: int) -> MemoryBank:
+    def new_memory(self, zero_shot: bool, num_memory_frames: int) -> StreamMemory:
         """An empty temporal memory for one stream: zero-shot runs SAM2's own memory bank, learned
         mode the memory the adapter streams with (M4-SAM's: SAM2's bank too)."""
-        if not zero_shot and self.adapter.memory != "sam2":
-            raise ValueError(f"adapter {self.adapter.kind!r} streams with memory {self.adapter.memory!r}, "
-                             "which this model does not provide")
-        return MemoryBank(num_memory_frames, self.num_maskmem, self.max_obj_ptrs_in_encoder)
+        if self.uses_memory_attention(zero_shot):
+            return MemoryBank(num_memory_frames, self.num_maskmem, self.max_obj_ptrs_in_encoder)
+        return self.adapter.new_memory(num_memory_frames)
 
     def uses_memory_attention(self, zero_shot: bool) -> bool:
         """Whether a stream of this mode runs SAM2's memory attention (an exported graph)."""

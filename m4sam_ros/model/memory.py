@@ -21,7 +21,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -31,6 +31,23 @@ if TYPE_CHECKING:
 
 # What replaces ``M4SAM.condition_on_memory`` when an engine runs the memory attention.
 MemoryAttentionFn = Callable[["EncodedFrame", "MemoryView | None"], torch.Tensor]
+
+
+class StreamMemory(Protocol):
+    """The temporal state of one stream, whatever the model variant keeps (``M4SAM.new_memory``)."""
+
+    def step(self, model: "M4SAM", frame: "EncodedFrame", *, conditioning: bool, mask: torch.Tensor | None = None,
+             attention: MemoryAttentionFn | None = None, watch: "Stopwatch | None" = None) -> "DecoderOutput":
+        """Decode one frame against the memory, then store it (see ``MemoryBank.step``)."""
+
+    def clear(self) -> None:
+        """Forget everything; the next frame must be a conditioning frame."""
+
+    def __len__(self) -> int:
+        """Frames the memory holds (for diagnostics)."""
+
+    def nbytes(self) -> int:
+        """Bytes of tensors held (bounded by construction)."""
 
 
 @dataclass

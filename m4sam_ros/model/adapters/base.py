@@ -3,7 +3,8 @@
 An adapter is everything a model variant trains on top of the frozen SAM2: it hooks into
 the Hiera trunk's blocks (``attach``), turns the per-modality FPN levels into the levels
 SAM2's decoder reads (``fuse`` for RGB-D, ``refine`` for RGB alone) and says which temporal
-memory its learned mode streams with (``memory``). Its parameters are the trainable ones,
+memory its learned mode streams with (``memory``: SAM2's bank, or one of its own from
+``new_memory``). Its parameters are the trainable ones,
 all of them, so the model, checkpoints and training never name an adapter's parts.
 
 The trunk always sees RGB-D as one batch of two, B RGB samples then B depth samples, like
@@ -91,7 +92,7 @@ class Adapter(nn.Module, ABC):
 
     kind: ClassVar[str]
     config_type: ClassVar[type[AdapterConfig]]
-    memory: ClassVar[str] = "sam2"  # temporal memory of learned mode: SAM2's memory bank
+    memory: ClassVar[str] = "sam2"  # temporal memory of learned mode: "sam2" = SAM2's memory bank
 
     def __init__(self, config: AdapterConfig):
         super().__init__()
@@ -110,6 +111,11 @@ class Adapter(nn.Module, ABC):
     @abstractmethod
     def refine(self, rgb_levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """``fuse`` for frames without depth: equal to it with depth marked absent."""
+
+    def new_memory(self, num_memory_frames: int):
+        """An empty temporal memory of this adapter's own (``model.memory.StreamMemory``); only
+        called when ``memory`` is not "sam2"."""
+        raise NotImplementedError(f"adapter {self.kind!r} declares memory {self.memory!r} but makes none")
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter of the adapter trains; SAM2 stays frozen."""
