@@ -35,7 +35,7 @@ from m4sam_ros.prior import PriorConfig, saliency_prior
 from m4sam_ros.stopwatch import Stopwatch
 
 MODES = ("auto", "learned", "zero_shot")
-REINIT_REASONS = ("start", "reset", "stamp_backwards", "gap", "lost")
+REINIT_REASONS = ("start", "reset", "prompt", "stamp_backwards", "gap", "lost")
 STAGES = ("preprocess", "encoder", "memory_attention", "decoder", "memory_encoder", "postprocess")
 
 
@@ -47,6 +47,7 @@ class SaliencyResult:
     objects: list[SalientObject]
     object_score: float  # model's object-presence score (sigmoid) for this frame
     used_depth: bool  # a depth frame was given and used (encoder in learned mode; prior + 3D)
+    low_res_logits: np.ndarray  # (S/4, S/4) float32: the decoder's mask logits at model resolution
     reinitialized: str | None  # None, or why memory was re-initialised on this frame (REINIT_REASONS)
     memory_frames: int  # frames with spatial memory in the bank (conditioning + recent)
     timings_ms: dict[str, float]  # per stage (STAGES) and "total"
@@ -153,6 +154,7 @@ class SaliencyTracker:
         self._encoder = encoder if encoder is not None else TorchEncoder(self.model, self.device)
         self._memory_attention = memory_attention
         self._pending: str | None = "start"
+        self._prompt: torch.Tensor | None = None  # a mask from outside for the next conditioning frame
         self._last_stamp: float | None = None
         self._low_score_frames = 0
 
@@ -170,14 +172,36 @@ class SaliencyTracker:
         self.config = dataclasses.replace(self.config, postprocess=config)
         self.extractor.config = config
 
-    def reset(self) -> None:
-        """Forget memory and object IDs; the next frame re-initialises with reason "reset"."""
+    def reset(self, initial_mask: np.ndarray | None = None) -> None:
+        """Forget memory and object IDs; the next frame re-initialises with reason "reset", or,
+        given ``initial_mask``, from that mask (reason "prompt") instead of the model's own
+        initialisation: what a detector, a grasp planner or an operator wants tracked.
+
+        initial_mask: (H, W) of the next frame's RGB image (another size is scaled), nonzero =
+        the object; it is brought to the model's input size the way SAM2's video predictor's
+        ``add_new_mask`` does (antialiased bilinear, >= 0.5).
+        """
+        prompt = None if initial_mask is None else self._prompt_tensor(initial_mask)
         self.memory.clear()
         self.extractor.reset()
-        if self._pending != "start":  # before the first frame a reset changes nothing
+        if prompt is not None:
+            self._pending = "prompt"
+        elif self._pending != "start":  # before the first frame a plain reset changes nothing
             self._pending = "reset"
+        self._prompt = prompt
         self._last_stamp = None
         self._low_score_frames = 0
+
+    def _prompt_tensor(self, mask: np.ndarray) -> torch.Tensor:
+        if not isinstance(mask, np.ndarray) or mask.ndim != 2 or min(mask.shape) < 1:
+            raise ValueError(f"initial_mask must be an (H, W) numpy array, got "
+                             f"{getattr(mask, 'shape', type(mask).__name__)}")
+        size = self.config.image_size
+        prompt = torch.from_numpy(np.ascontiguousarray(mask != 0)).to(self.device, torch.float32)[None, None]
+        if prompt.shape[-2:] != (size, size):
+            prompt = F.interpolate(prompt, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            prompt = (prompt >= 0.5).float()
+        return prompt  # (1, 1, S, S) in {0, 1}
 
     def _reinit_reason(self, stamp: float) -> str | None:
         if self._pending is not None:
@@ -205,10 +229,10 @@ class SaliencyTracker:
             reason = self._reinit_reason(float(stamp))
             if reason == "stamp_backwards":
                 self.extractor.reset()  # a bag loop or a new recording: old IDs mean nothing
-            prior = self._prior_mask(inputs) if reason is not None and self.mode == "zero_shot" else None
+            initial = self._initial_mask(reason, inputs)
         with watch("encoder"):
             frame = self._encode(inputs)
-        decoded = self.memory.step(self.model, frame, conditioning=reason is not None, mask=prior,
+        decoded = self.memory.step(self.model, frame, conditioning=reason is not None, mask=initial,
                                    attention=self._memory_attention, watch=watch)
         with watch("postprocess"):
             probability, object_score = self._probability(decoded, inputs.shape)
@@ -216,7 +240,18 @@ class SaliencyTracker:
         self._advance(reason, float(stamp), object_score)
         return SaliencyResult(stamp=float(stamp), probability=probability, mask=mask, objects=objects,
                               object_score=object_score, used_depth=inputs.depth_normalized is not None,
+                              low_res_logits=decoded.low_res_logits[0, 0].float().cpu().numpy(),
                               reinitialized=reason, memory_frames=len(self.memory), timings_ms=watch.report(STAGES))
+
+    def _initial_mask(self, reason: str | None, inputs: _Inputs) -> torch.Tensor | None:
+        """The conditioning frame's mask: a prompt when one was given; in zero-shot mode the
+        depth/centre prior; None in learned mode (the model's own prompt-free decoding)."""
+        if reason is None:
+            return None
+        if reason == "prompt":
+            prompt, self._prompt = self._prompt, None
+            return prompt
+        return self._prior_mask(inputs) if self.mode == "zero_shot" else None
 
     def _preprocess(self, rgb: np.ndarray, depth: np.ndarray | None, stamp: float,
                     intrinsics: CameraIntrinsics | None) -> _Inputs:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from m4sam_ros.tools import bench
-from m4sam_ros.tools.bench_peer import PEER_STAGES
+from m4sam_ros.tools.sam2_reference import PEER_STAGES
 from m4sam_ros.tracker import STAGES
 
 

@@ -213,7 +213,8 @@ def test_bank_with_fewer_memory_frames_keeps_older_pointers():
 
 def test_bank_matches_sam2_track_step_before_the_index_cap():
     """Until the conditioning frame is max_obj_ptrs frames away, the re-indexed bank gives what
-    SAM2's own track_step computes with its unbounded per-frame dict."""
+    SAM2's own track_step computes with its unbounded per-frame dict (memory features kept in
+    bfloat16, as SAM2's video predictor keeps them)."""
     tracker = _tracker(mode="learned")
     model = build_m4sam("test", image_size=SIZE, seed=0)
     rng = np.random.default_rng(1)
@@ -231,6 +232,7 @@ def test_bank_matches_sam2_track_step_before_the_index_cap():
                 current_vision_pos_embeds=[enc.pos_enc.flatten(2).permute(2, 0, 1)] * 3,
                 feat_sizes=[tuple(f.shape[-2:]) for f in feats], point_inputs=None, mask_inputs=None,
                 output_dict=output_dict, num_frames=1000)
+            out["maskmem_features"] = out["maskmem_features"].to(torch.bfloat16)
             output_dict["cond_frame_outputs" if index == 0 else "non_cond_frame_outputs"][index] = out
             want = torch.sigmoid(F.interpolate(out["pred_masks"], size=(SIZE, SIZE), mode="bilinear",
                                                align_corners=False))[0, 0].numpy()
@@ -315,3 +317,24 @@ def test_bad_settings_are_refused():
         TrackerConfig(gap_timeout_s=0)
     with pytest.raises(ValueError, match="near_is_bright"):
         TrackerConfig(prior=PriorConfig(near_is_bright=False))
+
+
+@pytest.mark.parametrize("mode", ["learned", "zero_shot"])
+def test_reset_with_an_initial_mask_seeds_the_memory_with_it(video, mode):
+    """A mask from outside (detector, grasp planner, operator) is the next conditioning frame's
+    mask, whatever the mode; it is scaled from the RGB size to the model's."""
+    tracker = _tracker(mode=mode)
+    _run(tracker, video[:2])
+    prompt = video[2].gt > 0  # (120, 160): the RGB size, not the model's
+    tracker.reset(initial_mask=prompt)
+    seeded = tracker.step(video[2].rgb, video[2].depth_mm, 2 / 30, video[2].intrinsics)
+    after = tracker.step(video[3].rgb, video[3].depth_mm, 3 / 30, video[3].intrinsics)
+    assert (seeded.reinitialized, after.reinitialized) == ("prompt", None)
+    size = SIZE // 4
+    expected = F.interpolate(torch.from_numpy(prompt).float()[None, None], size=(size, size), mode="bilinear",
+                             antialias=True)[0, 0].numpy() >= 0.5
+    inside = seeded.low_res_logits > 0
+    assert (inside & expected).sum() / (inside | expected).sum() > 0.8  # the mask, as SAM2 makes it its output
+    assert seeded.memory_frames == 1 and seeded.object_score > 0.99
+    with pytest.raises(ValueError, match="initial_mask"):
+        tracker.reset(initial_mask=np.zeros((4, 4, 3), bool))

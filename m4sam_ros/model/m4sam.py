@@ -27,6 +27,7 @@ import contextlib
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from sam2.modeling.backbones.hieradet import Hiera
 from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
 from sam2.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer
@@ -99,6 +100,8 @@ def sam2_modules(config: M4SAMConfig) -> dict:
         num_maskmem=c.num_maskmem, image_size=c.image_size,
         sigmoid_scale_for_mem_enc=20.0, sigmoid_bias_for_mem_enc=-10.0,
         use_mask_input_as_output_without_sam=True, directly_add_no_mem_embed=True,
+        # what sam2's build_sam2_video_predictor adds: a frame given a mask is encoded binarised
+        binarize_mask_from_pts_for_mem_enc=True,
         no_obj_embed_spatial=v21, use_high_res_features_in_sam=True, multimask_output_in_sam=True,
         iou_prediction_use_sigmoid=True, use_obj_ptrs_in_encoder=True,
         max_obj_ptrs_in_encoder=c.max_obj_ptrs_in_encoder,
@@ -266,13 +269,22 @@ class M4SAM(SAM2Base):
         _, _, _, low_res, high_res_logits, obj_ptr, object_score_logits = out
         return DecoderOutput(low_res, high_res_logits, obj_ptr, object_score_logits)
 
-    def encode_memory(self, frame: EncodedFrame, decoded: DecoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_memory(self, frame: EncodedFrame, decoded: DecoderOutput,
+                      from_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory encoder on the frame's own (unconditioned) features and its mask ->
-        (maskmem_features (B, mem_dim, S/16, S/16), maskmem_pos_enc (same shape))."""
+        (maskmem_features (B, mem_dim, S/16, S/16), maskmem_pos_enc (same shape)).
+
+        from_mask: ``decoded`` came from ``mask_as_output`` (a given mask). Then, as SAM2's video
+        predictor encodes a frame that received a mask, the memory sees the low-resolution logits
+        upsampled and binarised (``binarize_mask_from_pts_for_mem_enc``), not a sigmoid of the
+        full-resolution ones."""
+        masks = decoded.high_res_logits
+        if from_mask:
+            size = (self.image_size, self.image_size)
+            masks = F.interpolate(decoded.low_res_logits, size=size, mode="bilinear", align_corners=False)
         features, pos = self._encode_new_memory(
             current_vision_feats=[self._tokens(frame.image_embed)], feat_sizes=[tuple(frame.image_embed.shape[-2:])],
-            pred_masks_high_res=decoded.high_res_logits, object_score_logits=decoded.object_score_logits,
-            is_mask_from_pts=False)
+            pred_masks_high_res=masks, object_score_logits=decoded.object_score_logits, is_mask_from_pts=from_mask)
         return features, pos[-1]
 
 

@@ -13,7 +13,10 @@ index differences, so the bank re-indexes every step: the current frame sits at
 ``min(frames since the conditioning frame, max_obj_ptrs_in_encoder)`` and the conditioning
 frame at 0. Indices, tensor count and bytes therefore stay constant however long the
 stream runs; the only departure from SAM2's video predictor is that the conditioning
-frame's pointer never looks further away than that cap.
+frame's pointer never looks further away than that cap. Like the video predictor, the bank
+keeps memory features in bfloat16: half the bytes, and zero-shot propagation is SAM2's to the
+bit. Training streams through the same step, so it sees (and back-propagates through) the
+same rounding the tracker applies.
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     from m4sam_ros.model.m4sam import M4SAM, DecoderOutput, EncodedFrame
     from m4sam_ros.stopwatch import Stopwatch
 
+# Memory features are kept as SAM2's video predictor keeps them (its attention reads them
+# promoted back to float32 next to the float32 object pointers).
+STORAGE_DTYPE = torch.bfloat16
 # What replaces ``M4SAM.condition_on_memory`` when an engine runs the memory attention.
 MemoryAttentionFn = Callable[["EncodedFrame", "MemoryView | None"], torch.Tensor]
 
@@ -68,7 +74,7 @@ class MemoryView:
 class MemoryEntry:
     """One frame's memory: spatial features (dropped once too old) and its object pointer."""
 
-    features: torch.Tensor | None  # (1, mem_dim, S/16, S/16)
+    features: torch.Tensor | None  # (1, mem_dim, S/16, S/16), STORAGE_DTYPE
     pos_enc: torch.Tensor | None  # (1, mem_dim, S/16, S/16)
     obj_ptr: torch.Tensor  # (1, C)
 
@@ -123,8 +129,8 @@ class MemoryBank:
             with lap("decoder"):
                 decoded = model.decode(pix_feat, frame, is_init_frame=conditioning)
         with lap("memory_encoder"):
-            features, pos_enc = model.encode_memory(frame, decoded)
-            entry = MemoryEntry(features, pos_enc, decoded.obj_ptr)
+            features, pos_enc = model.encode_memory(frame, decoded, from_mask=mask is not None)
+            entry = MemoryEntry(features.to(STORAGE_DTYPE), pos_enc, decoded.obj_ptr)
             if conditioning:
                 self.set_conditioning(entry)
             else:

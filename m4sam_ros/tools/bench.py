@@ -1,12 +1,13 @@
-"""Benchmark the streaming tracker against SAM2's own streaming tracking, on the same frames.
+"""Benchmark the streaming tracker against SAM2's own video predictor, on the same frames.
 
 Per stage (image conversion from sensor_msgs buffers, preprocessing, encoder, memory
 attention, decoder, memory encoder, post-processing): median and p95 in ms after the
 warm-up frames; end-to-end FPS; memory: the bytes of tracking state per tracker (memory
 bank / SAM2's output_dict), process RSS (from /proc; peak from getrusage) and CUDA
 allocations on GPU. Stream-length scaling: per-frame time and memory at frames 10, 100
-and 1000 (those within --frames). Both trackers run on every frame, interleaved, so a
-busy machine slows both alike and the ratio stays meaningful. The frames are synthetic
+and 1000 (those within --frames). The peer is SAM2's ``SAM2VideoPredictor`` itself, fed frame
+by frame (``tools/sam2_reference.py``) with the same SAM2 weights. Both trackers run on every
+frame, interleaved, so a busy machine slows both alike and the ratio stays meaningful. The frames are synthetic
 RGB-D video; the lost-target re-initialisation is disabled so that every frame runs the
 full memory path, as SAM2's does. Writes a JSON report and a PNG chart.
 """
@@ -29,7 +30,7 @@ from m4sam_ros.encodings import EncodedImage, decode_image, encode_image, to_dep
 from m4sam_ros.engines.factory import Engines, create_engines
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 from m4sam_ros.postprocess import CameraIntrinsics
-from m4sam_ros.tools.bench_peer import PEER_STAGES, SAM2Streaming, build_sam2_peer
+from m4sam_ros.tools.sam2_reference import PEER_STAGES, SAM2VideoStream, sam2_predictor
 from m4sam_ros.tools.model_args import add_engine_arguments, add_model_arguments, engine_settings, model_from_args
 from m4sam_ros.tracker import MODES, STAGES, SaliencyTracker, TrackerConfig, resolve_mode
 
@@ -137,10 +138,10 @@ class M4SAMRunner:
 
 
 class SAM2Runner:
-    """SAM2's streaming tracking on one frame: conversion + its per-frame steps, timed end to end."""
+    """SAM2's own video predictor on one frame: conversion + its per-frame step, timed end to end."""
 
-    def __init__(self, peer: SAM2Streaming):
-        self.peer, self.trace = peer, Trace("SAM2 streaming (RGB, pytorch)", SAM2_STAGES)
+    def __init__(self, peer: SAM2VideoStream):
+        self.peer, self.trace = peer, Trace("SAM2 video predictor (RGB, pytorch)", SAM2_STAGES)
 
     def __call__(self, frame: Frame) -> None:
         t0 = time.perf_counter()
@@ -264,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
     ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({engines.encoder.describe()})")
     runners = [ours]
     if not args.no_peer:
-        runners.append(SAM2Runner(SAM2Streaming(build_sam2_peer(model.config, args.seed), device, args.frames)))
+        peer = SAM2VideoStream(sam2_predictor(model.config, weights_from=model), device, args.frames, (height, width))
+        runners.append(SAM2Runner(peer))
     checkpoints = run_streams(camera_frames(args.frames, width, height, args.seed), runners, device)
     report = build_report(args, engines, (width, height), ours.trace,
                           runners[1].trace if len(runners) > 1 else None, checkpoints)
