@@ -5,8 +5,11 @@ of rclpy. The policy is latency-first, like message_filters' Python
 ApproximateTimeSynchronizer: a frame is paired as soon as the other stream holds a frame
 within ``slop`` seconds (the closest one), and everything older is dropped. With ``slop``
 below half the frame period no better partner can arrive later, so the greedy choice is
-also the closest one. When depth stops arriving for ``depth_timeout`` seconds, RGB frames
-pass alone (RGB-only mode) until depth returns.
+also the closest one. When RGB frames keep arriving without depth for ``depth_timeout``
+seconds, RGB frames pass alone (RGB-only mode) until depth returns. Depth freshness follows
+the streams, not the idle time: the clock starts with the first RGB frame that finds no
+depth since the last one, so a camera starting after the node, or both streams pausing
+and resuming, never sends a frame through alone.
 
 ``LatestSlot`` is the one-item mailbox between ROS callbacks and the worker: a slow model
 drops stale pairs (counted) instead of queueing them, so result age stays bounded.
@@ -74,7 +77,7 @@ class ApproximateTimePairer:
         self._rgb: deque[_Entry] = deque()
         self._depth: deque[_Entry] = deque()
         self._last_stamp = {"rgb": float("-inf"), "depth": float("-inf")}
-        self._last_depth_arrival = clock()  # grace period at start-up before RGB-only
+        self._rgb_without_depth_since: float | None = None  # arrival of the first RGB frame since the last depth
         self._stats = PairingStats()
         self.configure(slop=slop, queue_size=queue_size, depth_timeout=depth_timeout)
 
@@ -99,7 +102,7 @@ class ApproximateTimePairer:
 
     @property
     def depth_available(self) -> bool:
-        """False once depth has been silent for longer than ``depth_timeout`` (RGB-only mode)."""
+        """False once RGB has kept arriving without depth for longer than ``depth_timeout`` (RGB-only mode)."""
         with self._lock:
             return self._depth_fresh()
 
@@ -118,6 +121,8 @@ class ApproximateTimePairer:
         """Offer an RGB frame; returns a pair when one is complete."""
         with self._lock:
             self._count(rgb_received=1)
+            if self._rgb_without_depth_since is None:
+                self._rgb_without_depth_since = self._clock()
             self._check_order("rgb", stamp)
             if not self._depth_fresh():
                 # RGB-only: nothing waits for a partner any more, on either side
@@ -137,7 +142,7 @@ class ApproximateTimePairer:
         """Offer a depth frame; returns a pair when one is complete."""
         with self._lock:
             self._count(depth_received=1)
-            self._last_depth_arrival = self._clock()
+            self._rgb_without_depth_since = None
             self._check_order("depth", stamp)
             partner = self._match(stamp, own=self._depth, other=self._rgb,
                                   own_counter="unmatched_depth", other_counter="unmatched_rgb")
@@ -150,7 +155,8 @@ class ApproximateTimePairer:
     # -- internals (called with the lock held) --------------------------------------------
 
     def _depth_fresh(self) -> bool:
-        return self._clock() - self._last_depth_arrival <= self.depth_timeout
+        since = self._rgb_without_depth_since
+        return since is None or self._clock() - since <= self.depth_timeout
 
     def _count(self, **increments: int) -> None:
         self._stats = replace(self._stats, **{k: getattr(self._stats, k) + v for k, v in increments.items()})

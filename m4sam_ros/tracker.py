@@ -159,12 +159,13 @@ class SaliencyTracker:
         self._low_score_frames = 0
 
     @classmethod
-    def from_settings(cls, *, preset: str = "test", image_size: int = 512, sam2_checkpoint: str | None = None,
-                      adapter: str | None = None, device: str = "cpu", seed: int = 0,
-                      config: TrackerConfig | None = None) -> "SaliencyTracker":
-        """A tracker on ``load_m4sam(preset, image_size, ...)``; ``image_size`` overrides ``config.image_size``."""
+    def from_settings(cls, *, preset: str | None = None, image_size: int | None = None,
+                      sam2_checkpoint: str | None = None, adapter: str | None = None, device: str = "cpu",
+                      seed: int = 0, config: TrackerConfig | None = None) -> "SaliencyTracker":
+        """A tracker on ``load_m4sam(preset, image_size, ...)`` (None: what the weights say); the
+        model's input size overrides ``config.image_size``."""
         model = load_m4sam(preset, image_size, sam2_checkpoint=sam2_checkpoint, adapter=adapter, seed=seed)
-        config = dataclasses.replace(config or TrackerConfig(), image_size=image_size)
+        config = dataclasses.replace(config or TrackerConfig(), image_size=model.config.image_size)
         return cls(model, config, device)
 
     def set_postprocess(self, config: PostprocessConfig) -> None:

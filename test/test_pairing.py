@@ -96,15 +96,17 @@ def test_rgb_only_after_depth_timeout_and_recovery():
     assert pairer.depth_available
     clock.now = 0.4
     assert pairer.add_rgb(0.4, "rgb1") is None  # depth late but not yet timed out: wait for it
-    clock.now = 0.6
-    assert not pairer.depth_available
-    pair = pairer.add_rgb(0.6, "rgb2")
+    clock.now = 0.85
+    assert pairer.depth_available  # RGB has waited 0.45 s for depth: not yet lost
+    clock.now = 0.95
+    assert not pairer.depth_available  # 0.55 s of RGB without depth
+    pair = pairer.add_rgb(0.95, "rgb2")
     assert (pair.rgb, pair.depth, pair.depth_stamp) == ("rgb2", None, None)
     assert pairer.stats.rgb_only == 1
     # depth returns: RGB-D mode again, the next frames pair
-    pairer.add_depth(0.7, "d3")
+    pairer.add_depth(1.0, "d3")
     assert pairer.depth_available
-    assert pairer.add_rgb(0.7, "rgb3").depth == "d3"
+    assert pairer.add_rgb(1.0, "rgb3").depth == "d3"
 
 
 def test_no_depth_at_all_falls_back_after_grace_period():
@@ -114,6 +116,29 @@ def test_no_depth_at_all_falls_back_after_grace_period():
     assert pairer.add_rgb(1.5, "rgb1").depth is None
     # the frame that waited during the grace period no longer waits (diagnostics' queued_rgb)
     assert pairer.queued == (0, 0) and pairer.stats.unmatched_rgb == 1
+
+
+def test_a_camera_starting_late_pairs_its_first_frame():
+    """The node idles for a minute before the camera starts: its first RGB frame waits for depth."""
+    pairer, clock = make(depth_timeout=0.5)
+    clock.now = 60.0
+    assert pairer.depth_available
+    assert pairer.add_rgb(60.0, "rgb0") is None
+    clock.now = 60.01
+    assert pairer.add_depth(60.0, "d0").depth == "d0"
+    assert pairer.stats.rgb_only == 0
+
+
+def test_both_streams_pausing_and_resuming_is_not_depth_loss():
+    pairer, clock = make(depth_timeout=0.5)
+    pairer.add_rgb(0.0, "rgb0")
+    pairer.add_depth(0.0, "d0")
+    clock.now = 5.0  # both silent for 5 s (a paused bag, a driver restart)
+    assert pairer.depth_available
+    assert pairer.add_rgb(5.0, "rgb1") is None  # waits for its partner instead of running alone
+    clock.now = 5.02
+    assert pairer.add_depth(5.0, "d1").rgb == "rgb1"
+    assert pairer.stats.rgb_only == 0
 
 
 def test_stamps_going_backwards_reset_the_queues():

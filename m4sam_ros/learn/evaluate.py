@@ -49,8 +49,10 @@ class EvalConfig:
     layout: str = field(default="auto", metadata={"help": "dataset layout", "choices": list(LAYOUTS)})
     split: str = field(default="test", metadata={"help": "dataset split (train/test; DViSal: split-list name)"})
     depth_folder: str | None = field(default=None, metadata={"help": "depth sub-folder override (RDVS: SyntheticDepth)"})
-    preset: str = field(default="test", metadata={"help": "model preset", "choices": sorted(PRESETS)})
-    image_size: int = field(default=512, metadata={"help": "model input size"})
+    preset: str | None = field(default=None, metadata={
+        "help": "model preset (default: the adapter file's, else test)", "choices": sorted(PRESETS)})
+    image_size: int | None = field(default=None, metadata={
+        "help": "model input size (default: what the adapter was trained at, else 512)"})
     sam2_checkpoint: str | None = field(default=None, metadata={
         "help": "official SAM2 checkpoint (or sam2_weights.pt of --train-all)"})
     adapter: str | None = field(default=None, metadata={"help": "trained adapter file"})
@@ -218,8 +220,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in dataset.problems:
             LOG.warning("%s", problem)
         dataset.raise_on_errors()
-        tracker_config = TrackerConfig(image_size=config.image_size, num_memory_frames=config.num_memory_frames,
-                                       mode=config.mode)
+        tracker_config = TrackerConfig(num_memory_frames=config.num_memory_frames, mode=config.mode)
         tracker = SaliencyTracker.from_settings(preset=config.preset, image_size=config.image_size,
                                                 sam2_checkpoint=config.sam2_checkpoint, adapter=config.adapter,
                                                 device=resolve_device(config.device), seed=config.seed,
@@ -229,9 +230,10 @@ def run(args: argparse.Namespace) -> int:
         LOG.error("%s", error)
         return 2
     where = dataset.layout if dataset.layout == "generic" else f"{dataset.layout}, {config.split}"
-    title = f"{Path(config.data).name} ({where}): {config.preset}, {tracker.mode}"
-    settings = {"data": config.data, "layout": dataset.layout, "split": config.split, "preset": config.preset,
-                "image_size": config.image_size, "sam2_checkpoint": config.sam2_checkpoint, "adapter": config.adapter,
+    model = tracker.model.config
+    title = f"{Path(config.data).name} ({where}): {model.name} {model.image_size}px, {tracker.mode}"
+    settings = {"data": config.data, "layout": dataset.layout, "split": config.split, "preset": model.name,
+                "image_size": model.image_size, "sam2_checkpoint": config.sam2_checkpoint, "adapter": config.adapter,
                 "mode": tracker.mode, "num_memory_frames": config.num_memory_frames, "fps": config.fps,
                 "videos": len(dataset.videos)}
     report = write_report(metrics, samples, Path(config.out_dir), title, settings)

@@ -8,15 +8,23 @@ from m4sam_ros.model.config import adapter_config_for
 from m4sam_ros.model.m4sam import M4SAM, build_m4sam
 
 
-def load_m4sam(preset: str = "test", image_size: int = 512, *, sam2_checkpoint: str | Path | None = None,
-               adapter: str | Path | None = None, adapter_kind: str | None = None, seed: int = 0) -> M4SAM:
+DEFAULT_PRESET, DEFAULT_IMAGE_SIZE = "test", 512
+
+
+def load_m4sam(preset: str | None = None, image_size: int | None = None, *,
+               sam2_checkpoint: str | Path | None = None, adapter: str | Path | None = None,
+               adapter_kind: str | None = None, seed: int = 0) -> M4SAM:
     """M4-SAM in eval mode: ``build_m4sam`` (``seed`` fixes the random init of whatever no file
     provides), then the official SAM2 checkpoint and the adapter file, each when given.
 
-    The model's adapter is the one the adapter file was trained with (its kind and fields);
-    without a file, ``adapter_kind`` picks a registry entry (default: the preset's own)."""
-    if adapter:
-        overrides = {"adapter": read_adapter_config(adapter).adapter}
+    Defaults follow the weights: an adapter file gives the preset and input size it was trained
+    with (unless given here) and always its adapter (kind and fields); without a file the
+    preset is "test" at 512 px and ``adapter_kind`` picks a registry entry (default: the preset's own)."""
+    trained = read_adapter_config(adapter) if adapter else None
+    preset = preset or (trained.name if trained else DEFAULT_PRESET)
+    image_size = image_size or (trained.image_size if trained else DEFAULT_IMAGE_SIZE)
+    if trained is not None:
+        overrides = {"adapter": trained.adapter}
     else:
         overrides = {"adapter": adapter_config_for(preset, adapter_kind)} if adapter_kind else {}
     model = build_m4sam(preset, image_size=image_size, seed=seed, **overrides)

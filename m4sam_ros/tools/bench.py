@@ -29,6 +29,7 @@ import torch
 from m4sam_ros.encodings import EncodedImage, decode_image, encode_image, to_depth, to_rgb
 from m4sam_ros.engines.factory import Engines, create_engines
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
+from m4sam_ros.model.config import M4SAMConfig
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.tools.sam2_reference import PEER_STAGES, SAM2VideoStream, sam2_predictor
 from m4sam_ros.tools.model_args import add_engine_arguments, add_model_arguments, engine_settings, model_from_args
@@ -227,12 +228,12 @@ def print_summary(report: dict) -> None:
               f"tracking-state ratio at frame {report['ratio']['state_at_frame']}: {report['ratio']['state']:.3f}")
 
 
-def build_report(args: argparse.Namespace, engines: Engines, camera: tuple[int, int], ours: Trace,
-                 peer: Trace | None, checkpoints: list[dict]) -> dict:
+def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: Engines, camera: tuple[int, int],
+                 ours: Trace, peer: Trace | None, checkpoints: list[dict]) -> dict:
     device = engines.device
     cuda_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
     report = {
-        "config": {"preset": args.preset, "image_size": args.image_size, "frames": args.frames,
+        "config": {"preset": model_config.name, "image_size": model_config.image_size, "frames": args.frames,
                    "warmup": args.warmup, "camera": list(camera), "backend": engines.choice.backend,
                    "device": str(device), "precision": engines.choice.precision,
                    "memory_attention_engine": engines.memory_attention.describe(),
@@ -257,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     width, height = _parse_camera(args.camera)
     model = model_from_args(args)
-    config = TrackerConfig(image_size=args.image_size, lost_score_threshold=0.0, gap_timeout_s=1e9, mode=args.mode)
+    config = TrackerConfig(image_size=model.config.image_size, lost_score_threshold=0.0, gap_timeout_s=1e9,
+                           mode=args.mode)
     engines = create_engines(model, engine_settings(args, zero_shot=resolve_mode(config.mode, model) == "zero_shot"))
     device = engines.device
     tracker = SaliencyTracker(model, config, device=device, encoder=engines.encoder,
@@ -268,10 +270,10 @@ def run(args: argparse.Namespace) -> int:
         peer = SAM2VideoStream(sam2_predictor(model.config, weights_from=model), device, args.frames, (height, width))
         runners.append(SAM2Runner(peer))
     checkpoints = run_streams(camera_frames(args.frames, width, height, args.seed), runners, device)
-    report = build_report(args, engines, (width, height), ours.trace,
+    report = build_report(args, model.config, engines, (width, height), ours.trace,
                           runners[1].trace if len(runners) > 1 else None, checkpoints)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.output_dir / f"bench-{args.preset}-{args.image_size}-{engines.choice.backend}"
+    stem = args.output_dir / f"bench-{model.config.name}-{model.config.image_size}-{engines.choice.backend}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     from m4sam_ros.tools.bench_chart import plot_report
 

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     failed = False
     for graph in args.graphs or default_graphs(model):
         spec = graph_spec(graph, model)
-        path = args.output_dir / f"m4sam-{args.preset}-{args.image_size}-{graph}.onnx"
-        export_onnx(spec, path, metadata={"preset": args.preset, "image_size": str(args.image_size)})
+        name, size = model.config.name, model.config.image_size
+        path = args.output_dir / f"m4sam-{name}-{size}-{graph}.onnx"
+        export_onnx(spec, path, metadata={"preset": name, "image_size": str(size)})
         shapes = ", ".join(f"{name}{tuple(tensor.shape)}" for name, tensor in spec.inputs.items())
         print(f"wrote {path} (opset {OPSET}; inputs {shapes})")
         if args.no_parity:

@@ -15,9 +15,12 @@ from m4sam_ros.model.m4sam import M4SAM
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--preset", default="test", choices=sorted(PRESETS),
-                       help="model preset (test = tiny random model for checks)")
-    group.add_argument("--image-size", type=int, default=default_size, help="square model input size (multiple of 32)")
+    group.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help="model preset (default: the adapter file's, else test: a tiny random model for checks)")
+    group.add_argument("--image-size", type=int, default=None,
+                       help=f"square model input size, a multiple of 32 (default: what the adapter was trained at, "
+                            f"else {default_size})")
+    parser.set_defaults(default_image_size=default_size)
     group.add_argument("--sam2-checkpoint", default=None, help="official SAM2/SAM2.1 checkpoint (.pt) for the preset")
     group.add_argument("--adapter", default=None, help="trained M4-SAM adapter file")
     group.add_argument("--seed", type=int, default=0, help="seed of the random init (without checkpoints)")
@@ -36,7 +39,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace) -> M4SAM:
     """The model the arguments describe, weights loaded, in eval mode."""
-    return load_m4sam(args.preset, args.image_size, sam2_checkpoint=args.sam2_checkpoint, adapter=args.adapter,
+    image_size = args.image_size or (None if args.adapter else args.default_image_size)
+    return load_m4sam(args.preset, image_size, sam2_checkpoint=args.sam2_checkpoint, adapter=args.adapter,
                       seed=args.seed)
 
 
