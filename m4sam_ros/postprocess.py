@@ -75,6 +75,10 @@ class PostprocessConfig:
     iou_match_threshold: least mask IoU for an object to keep a previous ID.
     max_missed_frames: frames an unmatched ID is remembered, so a one-frame dropout keeps its ID.
     depth_percentiles: robust range of back-projected points giving the extent.
+    depth_bin_m / depth_gap_m: the object's own depth is the run of depth-histogram bins
+        (``depth_bin_m`` wide) around the dominant one, crossing empty stretches no wider than
+        ``depth_gap_m``: mask pixels at object edges that fall on a background further back
+        (more of them than any percentile absorbs) are left out of centroid and extent.
     min_depth_pixels: fewer valid depth pixels in an object -> centroid/extent None.
     max_depth_points: valid pixels beyond this are subsampled evenly: a large object's
         median needs no more, and the cost stays bounded per object.
@@ -86,6 +90,8 @@ class PostprocessConfig:
     iou_match_threshold: float = 0.3
     max_missed_frames: int = 2
     depth_percentiles: tuple[float, float] = (5.0, 95.0)
+    depth_bin_m: float = 0.02
+    depth_gap_m: float = 0.06
     min_depth_pixels: int = 10
     max_depth_points: int = 4096
 
@@ -104,6 +110,9 @@ class PostprocessConfig:
         if not 0.0 <= low < high <= 100.0:
             raise ValueError(f"PostprocessConfig.depth_percentiles must satisfy 0 <= low < high <= 100, "
                              f"got {self.depth_percentiles}")
+        if not 0.0 < self.depth_bin_m <= self.depth_gap_m:
+            raise ValueError(f"PostprocessConfig needs 0 < depth_bin_m <= depth_gap_m, got {self.depth_bin_m}, "
+                             f"{self.depth_gap_m}")
         if self.min_depth_pixels < 1:
             raise ValueError(f"PostprocessConfig.min_depth_pixels must be >= 1, got {self.min_depth_pixels}")
         if self.max_depth_points < self.min_depth_pixels:
@@ -141,32 +150,77 @@ class _Track:
     missed: int = 0
 
 
+def dominant_depth_range(z: np.ndarray, bin_m: float, gap_m: float) -> tuple[float, float]:
+    """(near, far) metres of the depth run holding the most points: the histogram bin with most
+    points, grown both ways across empty stretches up to ``gap_m``. An object's surface is a
+    contiguous run; a background seen past its edges lies beyond a gap."""
+    low = float(z.min())
+    bins = np.floor((z - low) / bin_m).astype(np.int64)
+    counts = np.bincount(bins)
+    occupied = np.flatnonzero(counts)
+    mode = int(np.argmax(counts))
+    max_gap = int(np.floor(gap_m / bin_m))
+    position = int(np.searchsorted(occupied, mode))
+    first = last = position
+    while first > 0 and occupied[first] - occupied[first - 1] - 1 <= max_gap:
+        first -= 1
+    while last < len(occupied) - 1 and occupied[last + 1] - occupied[last] - 1 <= max_gap:
+        last += 1
+    return low + occupied[first] * bin_m, low + (occupied[last] + 1) * bin_m
+
+
 def object_geometry(region_mask: np.ndarray, depth_m: np.ndarray, intrinsics: CameraIntrinsics,
-                    origin: tuple[int, int], percentiles: tuple[float, float],
-                    min_pixels: int, max_points: int = 4096) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Median 3D point and robust percentile extent of a mask's valid depth, camera optical frame.
+                    origin: tuple[int, int], config: PostprocessConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Median 3D point and robust percentile extent of a mask's own depth, camera optical frame.
 
     region_mask and depth_m are the same crop, whose top-left pixel is ``origin`` = (x, y) in
-    the image. The median and percentiles shrug off flying pixels at object edges, where
-    depth sensors mix foreground and background. Returns (None, None) below ``min_pixels``;
-    beyond ``max_points`` valid pixels, ``max_points`` of them are taken evenly spaced in
-    raster order. (A spatial grid would not do: sparse depth - aligned from a lower-resolution
-    sensor, or projected lidar - can have its valid pixels exactly between the grid's points.)
+    the image. Only the object's own depth counts (``dominant_depth_range``: edge pixels on the
+    background are left out), and the median and percentiles shrug off flying pixels, where
+    depth sensors mix foreground and background. Returns (None, None) below
+    ``min_depth_pixels``; beyond ``max_depth_points`` valid pixels that many are taken evenly
+    spaced in raster order. (A spatial grid would not do: sparse depth - aligned from a
+    lower-resolution sensor, or projected lidar - can have its valid pixels exactly between
+    the grid's points.)
     """
     valid = region_mask & np.isfinite(depth_m) & (depth_m > 0)
     count = int(np.count_nonzero(valid))
-    if count < min_pixels:
+    if count < config.min_depth_pixels:
         return None, None
     vs, us = np.nonzero(valid)
-    if count > max_points:
-        keep = np.linspace(0, count - 1, max_points).astype(np.int64)
+    if count > config.max_depth_points:
+        keep = np.linspace(0, count - 1, config.max_depth_points).astype(np.int64)
         vs, us = vs[keep], us[keep]
     z = depth_m[vs, us].astype(np.float64)
+    near, far = dominant_depth_range(z, config.depth_bin_m, config.depth_gap_m)
+    own = (z >= near) & (z < far)
+    if int(np.count_nonzero(own)) < config.min_depth_pixels:
+        return None, None
+    vs, us, z = vs[own], us[own], z[own]
     x = (us + origin[0] - intrinsics.cx) * z / intrinsics.fx
     y = (vs + origin[1] - intrinsics.cy) * z / intrinsics.fy
     points = np.stack([x, y, z], axis=1)  # (N, 3)
+    percentiles = config.depth_percentiles
     low, median, high = np.percentile(points, (percentiles[0], 50.0, percentiles[1]), axis=0)  # 3 x (3,)
     return median, high - low
+
+
+def salient_points(mask: np.ndarray, depth_m: np.ndarray, rgb: np.ndarray, intrinsics: CameraIntrinsics,
+                   decimation: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The salient pixels with valid depth, back-projected: (N, 3) float32 xyz metres in the
+    camera optical frame and their (N, 3) uint8 RGB. Every ``decimation``-th pixel in each
+    direction, so a grasp planner's cloud stays small."""
+    if decimation < 1:
+        raise ValueError(f"decimation must be >= 1, got {decimation}")
+    if not mask.shape == depth_m.shape == rgb.shape[:2]:
+        raise ValueError(f"mask {mask.shape}, depth {depth_m.shape} and rgb {rgb.shape} must share (H, W)")
+    step = slice(None, None, decimation)
+    sub_mask, sub_depth = mask[step, step], depth_m[step, step]
+    vs, us = np.nonzero((sub_mask > 0) & np.isfinite(sub_depth) & (sub_depth > 0))
+    z = sub_depth[vs, us].astype(np.float32)
+    vs, us = vs * decimation, us * decimation
+    x = (us - np.float32(intrinsics.cx)) * z / np.float32(intrinsics.fx)
+    y = (vs - np.float32(intrinsics.cy)) * z / np.float32(intrinsics.fy)
+    return np.stack([x, y, z], axis=1).astype(np.float32), rgb[vs, us]
 
 
 class ObjectExtractor:
@@ -217,8 +271,7 @@ class ObjectExtractor:
             centroid = extent = None
             if depth_m is not None and intrinsics is not None:
                 x, y, w, h = region.box
-                centroid, extent = object_geometry(region.mask, depth_m[y:y + h, x:x + w], intrinsics, (x, y),
-                                                   cfg.depth_percentiles, cfg.min_depth_pixels, cfg.max_depth_points)
+                centroid, extent = object_geometry(region.mask, depth_m[y:y + h, x:x + w], intrinsics, (x, y), cfg)
             objects.append(SalientObject(id=track.id, score=score, box=region.box, area=region.area,
                                          age=self._frame - track.first_frame, centroid=centroid, extent=extent))
         self._frame += 1

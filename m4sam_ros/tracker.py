@@ -35,7 +35,11 @@ from m4sam_ros.prior import PriorConfig, saliency_prior
 from m4sam_ros.stopwatch import Stopwatch
 
 MODES = ("auto", "learned", "zero_shot")
-REINIT_REASONS = ("start", "reset", "prompt", "stamp_backwards", "gap", "lost")
+REINIT_REASONS = ("start", "reset", "prompt", "stamp_backwards", "gap", "lost", "nonfinite")
+
+
+class NonFiniteOutput(FloatingPointError):
+    """The model produced NaN/inf for a frame; its output is withheld and the memory re-initialises."""
 STAGES = ("preprocess", "encoder", "memory_attention", "decoder", "memory_encoder", "postprocess")
 
 
@@ -237,6 +241,8 @@ class SaliencyTracker:
                                    attention=self._memory_attention, watch=watch)
         with watch("postprocess"):
             probability, object_score = self._probability(decoded, inputs.shape)
+            if not (np.isfinite(object_score) and np.isfinite(probability).all()):
+                self._poisoned(float(stamp))
             mask, objects = self.extractor(probability, inputs.depth_m, intrinsics)
         self._advance(reason, float(stamp), object_score)
         return SaliencyResult(stamp=float(stamp), probability=probability, mask=mask, objects=objects,
@@ -289,6 +295,14 @@ class SaliencyTracker:
         if inputs.depth is None:  # depth dropped out: one modality, no depth pass
             return self._encoder.encode_rgb(inputs.rgb)
         return self._encoder(inputs.rgb, inputs.depth, inputs.present)
+
+    def _poisoned(self, stamp: float) -> None:
+        """A non-finite output must not stay in memory: forget it, re-initialise on the next frame."""
+        self.memory.clear()
+        self._pending, self._prompt = "nonfinite", None
+        self._last_stamp, self._low_score_frames = stamp, 0
+        raise NonFiniteOutput(f"the model's output for the frame at {stamp:.3f} s is not finite (NaN/inf); "
+                              "frame dropped, memory re-initialised on the next frame")
 
     def _advance(self, reason: str | None, stamp: float, object_score: float) -> None:
         """Policy state after a frame: nothing pending, the stamp, the lost-target count."""

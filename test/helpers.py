@@ -81,6 +81,23 @@ class NodeProcess:
     def wait(self, timeout: float) -> int:
         return self.process.wait(timeout=timeout)
 
+    def handles_stop_signals(self) -> bool:
+        """True once the node's own SIGTERM handler is installed (Python catches only SIGINT by
+        default): from then on it is importing or running our code, the moment to test signals."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+    def stop_and_time(self, sig: int, timeout: float = 20.0) -> tuple[int, float]:
+        """Send ``sig``; (exit code, seconds until the process ended)."""
+        start = time.monotonic()
+        self.signal(sig)
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - start
+
     def kill(self) -> None:
         """Finalizer: SIGINT, then SIGKILL for the whole group if it does not go."""
         try:
@@ -130,6 +147,7 @@ class SyntheticCamera:
         self.clock = node.get_clock()
         self.send_depth = True
         self.stamp_offset_ns = 0
+        self._paused_until = 0.0
         self.rgb_hook: Callable[[Image], Image] | None = None
         self.depth_hook: Callable[[Image], Image] | None = None
         self.sent: dict[int, str] = {}  # RGB stamp (ns) -> frame_id
@@ -143,6 +161,10 @@ class SyntheticCamera:
         period = 1.0 / RATE_HZ
         next_tick = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() < self._paused_until:
+                self._stop.wait(period)
+                next_tick = time.monotonic()
+                continue
             frame = self.frames[index % len(self.frames)]
             index += 1
             now = self.clock.now()
@@ -168,6 +190,10 @@ class SyntheticCamera:
     @staticmethod
     def _header(stamp) -> Header:
         return Header(stamp=stamp, frame_id=FRAME_ID)
+
+    def pause(self, seconds: float) -> None:
+        """Both streams stop for ``seconds``, then resume."""
+        self._paused_until = time.monotonic() + seconds
 
     def was_sent(self, header) -> bool:
         with self.sent_lock:

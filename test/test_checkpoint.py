@@ -124,3 +124,21 @@ def test_adapter_with_mismatched_config_is_refused(tmp_path):
     path = save_adapter(build_m4sam("test", image_size=SIZE, lora_rank=4), tmp_path / "rank4.pt")
     with pytest.raises(CheckpointError, match=r"lora_rank: model=2, file=4"):
         load_adapter(build_m4sam("test", image_size=SIZE), path)
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    """Eight 0xFF bytes in a tensor's data are a NaN: refused at load, not served silently."""
+    model = build_m4sam("test", image_size=SIZE, seed=0)
+    path = save_adapter(model, tmp_path / "adapter.pt")
+    payload = torch.load(path, weights_only=True)
+    name = sorted(payload["state_dict"])[3]
+    payload["state_dict"][name].view(-1)[:2] = float("nan")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"non-finite.*{name}"):
+        load_adapter(build_m4sam("test", image_size=SIZE, seed=0), path)
+    state = {k: model.state_dict()[k].clone() for k in model.frozen_keys()}
+    key = sorted(state)[0]
+    state[key].view(-1)[0] = float("inf")
+    torch.save({"model": state}, tmp_path / "sam2.pt")
+    with pytest.raises(CheckpointError, match=f"non-finite.*{key}"):
+        load_sam2_checkpoint(model, tmp_path / "sam2.pt")

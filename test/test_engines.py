@@ -1,6 +1,8 @@
 """Engines without a GPU: real-valued RoPE, static memory attention, backend selection,
 engine cache keys, PyTorch and ONNX Runtime engines, TensorRT's clear refusal."""
 import dataclasses
+import os
+import subprocess
 import importlib.util
 import io
 import logging
@@ -393,3 +395,26 @@ def test_auto_moves_on_when_a_candidate_fails_to_export(model, monkeypatch, tmp_
         engines = factory.create_engines(model, EngineSettings(cache_dir=str(tmp_path)), platform=platform)
     assert engines.choice.backend == "pytorch"
     assert "onnxruntime on cpu could not start: graph would not export" in caplog.text
+
+
+def test_work_left_by_a_process_that_ended_mid_write_is_swept(tmp_path):
+    """A stop signal during an export leaves only .incomplete-<pid>-... names: never read, swept next time."""
+    cache = ArtifactCache(tmp_path)
+    dead = _exited_pid()
+    leftover = tmp_path / f".incomplete-{dead}-abc"
+    leftover.mkdir()
+    (leftover / "graph.onnx").write_bytes(b"half an export")
+    ours = tmp_path / f".incomplete-{os.getpid()}-xyz"
+    ours.mkdir()
+    with cache.workspace() as folder:
+        assert folder.parent == tmp_path and folder.name.startswith(f".incomplete-{os.getpid()}-")
+        assert not leftover.exists() and ours.exists()  # a live process's work is left alone
+    assert not folder.exists()
+    path = cache.store(KEY, ".engine", data=b"complete")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ours.name, path.name, path.name + ".json"])
+
+
+def _exited_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

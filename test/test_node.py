@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
 
@@ -121,8 +122,13 @@ def test_overlay_is_rendered_only_while_subscribed(healthy, ros):
         ros.destroy_subscription(subscription)
 
 
-def test_runtime_threshold_and_probability(healthy):
+def _advertised(ros, topic: str) -> bool:
+    return ros.count_publishers(topic) > 0
+
+
+def test_runtime_threshold_and_probability(healthy, ros):
     _, _, probe = healthy
+    assert not _advertised(ros, "/shared/saliency/probability"), "advertised while publish_probability is false"
     results = probe.set_parameters(publish_probability=True, mask_threshold=0.9)
     assert all(r.successful for r in results), [r.reason for r in results]
     try:
@@ -145,6 +151,54 @@ def test_runtime_threshold_and_probability(healthy):
     finally:
         results = probe.set_parameters(publish_probability=False, mask_threshold=0.5)
         assert all(r.successful for r in results)
+    wait_until(lambda: not _advertised(ros, "/shared/saliency/probability"), 10, "saliency/probability to go away")
+
+
+def test_points_cloud_of_the_salient_pixels_while_subscribed(healthy, ros):
+    _, camera, probe = healthy
+    clouds = Received()
+    subscription = ros.create_subscription(PointCloud2, "/shared/saliency/points", clouds.add, 10)
+    try:
+        cloud = wait_until(lambda: next((c for c in reversed([c for _, c in clouds.items]) if c.width > 0), None), 20,
+                           "a point cloud with points")
+        assert camera.was_sent(cloud.header) and cloud.point_step == 16 and cloud.height == 1
+        xyz = np.frombuffer(bytes(cloud.data), np.float32).reshape(-1, 4)[:, :3]
+        assert np.isfinite(xyz).all() and (xyz[:, 2] > 0).all()
+    finally:
+        ros.destroy_subscription(subscription)
+
+
+def test_a_prompt_mask_reinitialises_the_memory_from_it(healthy, ros):
+    _, _, probe = healthy
+    before = probe.wait_diag(lambda d: int(d["frames_processed"]) > 0, 10, "frames processed")
+    publisher = ros.create_publisher(Image, "/shared/saliency/prompt", 2)
+    try:
+        mask = np.zeros((HEIGHT // 2, WIDTH // 2), np.uint8)  # another size than the RGB image: scaled
+        mask[10:30, 20:40] = 255
+        wait_until(lambda: publisher.get_subscription_count() > 0, 10, "the node to subscribe saliency/prompt")
+        publisher.publish(image_msg(Header(frame_id=FRAME_ID), mask, "mono8"))
+        probe.wait_diag(lambda d: d["last_reinit"] == "prompt" and int(d["reinit_count"]) > int(before["reinit_count"]),
+                        10, "a re-initialisation from the prompt")
+    finally:
+        ros.destroy_publisher(publisher)
+
+
+def test_both_streams_pausing_is_not_reported_as_depth_loss(healthy):
+    process, camera, probe = healthy
+    before = int(probe.diag().get("problems.depth_missing", 0))
+    camera.pause(2.0)  # a driver restart or a paused bag: RGB and depth stop together
+    probe.wait_masks(3, timeout=15, since=time.monotonic())
+    report = probe.wait_diag(lambda d: True, 5, "a status after the pause", since=time.monotonic())
+    assert int(report.get("problems.depth_missing", 0)) == before, report
+    assert int(report["rgb_only_frames"]) == int(probe.diag()["rgb_only_frames"])
+
+
+def test_stamps_on_another_clock_give_no_meaningless_age(healthy):
+    _, camera, probe = healthy
+    camera.stamp_offset_ns = -camera.clock.now().nanoseconds + 1_000_000  # stamps near 0 (a camera without time)
+    start = time.monotonic()
+    report = probe.wait_diag(lambda d: d["result_age_ms"].startswith("n/a"), 15, "result_age_ms n/a", since=start)
+    assert "clock" in report["result_age_ms"]
 
 
 @pytest.mark.parametrize("values,reason", [
@@ -291,6 +345,14 @@ def test_result_age_stays_bounded_when_inference_is_slow(healthy):
 def test_startup_errors_are_clear_and_exit_nonzero(log_dir):
     corrupt = log_dir / "sam2.1_hiera_tiny.pt"
     corrupt.write_bytes(b"PK\x03\x04 truncated download")
+    from m4sam_ros.model.checkpoint import save_adapter
+    from m4sam_ros.model.m4sam import build_m4sam
+
+    poisoned = save_adapter(build_m4sam("test", image_size=64), log_dir / "poisoned_adapter.pt")
+    payload = torch.load(poisoned, weights_only=True)
+    tensor = sorted(payload["state_dict"])[0]
+    payload["state_dict"][tensor].view(-1).view(torch.int32)[:2] = -1  # eight 0xFF bytes: a NaN
+    torch.save(payload, poisoned)
     cases = {
         "missing_checkpoint": (["model.preset:=hiera_t", "model.sam2_checkpoint:=/nonexistent/sam2.1_hiera_tiny.pt"],
                                ["/nonexistent/sam2.1_hiera_tiny.pt", "sam2.1_hiera_tiny.pt", "model.sam2_checkpoint",
@@ -301,6 +363,8 @@ def test_startup_errors_are_clear_and_exit_nonzero(log_dir):
         "backend": (["model.preset:=test", "engine.backend:=tensorrt"], ["engine.backend", "tensorrt", "pip install tensorrt"]),
         "corrupt_checkpoint": (["model.preset:=hiera_t", f"model.sam2_checkpoint:={corrupt}"],
                                ["cannot build the model", str(corrupt)]),
+        "nonfinite_adapter": (["model.preset:=test", "model.image_size:=64", f"model.adapter:={poisoned}"],
+                              ["non-finite", tensor, str(poisoned)]),
     }
     processes = {name: NodeProcess(log_dir, f"/startup_{name}", *params) for name, (params, _) in cases.items()}
     try:
@@ -323,7 +387,7 @@ def test_qos_hints_and_clean_shutdown_during_inference(ros, log_dir, sig, reliab
     """Silent inputs are explained in diagnostics; a signal mid-inference exits 0 without a traceback."""
     namespace = f"/shutdown_{sig.name.lower()}"
     process = NodeProcess(log_dir, namespace, *TEST_MODEL, "engine.simulated_latency_ms:=400.0",
-                          f"qos.reliable:={str(reliable).lower()}")
+                          f"qos.reliability:={'reliable' if reliable else 'auto'}")
     probe = Probe(ros, namespace)
     cameras = []
     try:
@@ -331,7 +395,7 @@ def test_qos_hints_and_clean_shutdown_during_inference(ros, log_dir, sig, reliab
         assert f"{namespace}/rgb/image: no publisher" in hint["hint.0"] and hint["level"] == 1
         if reliable:  # a BEST_EFFORT camera cannot reach a RELIABLE subscription: say so
             cameras.append(SyntheticCamera(ros, namespace, qos_profile_sensor_data))
-            probe.wait_diag(lambda d: any("BEST_EFFORT" in v and "qos.reliable false" in v
+            probe.wait_diag(lambda d: any("BEST_EFFORT" in v and "qos.reliability auto" in v
                                           for k, v in d.items() if k.startswith("hint.")),
                             15, "a QoS mismatch hint")
             assert probe.mask.last() is None

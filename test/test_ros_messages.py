@@ -38,6 +38,10 @@ def test_startup_checks_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(StartupError, match="adapter weights not found"):
         check_model_files(replace(settings.model, preset="test", adapter=str(tmp_path / "a.pt")))
     assert node_device(replace(settings.engine, device="cpu")) == torch.device("cpu")
+    with pytest.raises(StartupError, match="model.adapter is a directory, not an adapter file"):
+        check_model_files(replace(settings.model, preset="test", adapter=str(tmp_path)))
+    with pytest.raises(StartupError, match="model.sam2_checkpoint is a directory.*sam2.1_hiera_tiny.pt"):
+        check_model_files(replace(settings.model, sam2_checkpoint=str(tmp_path)))
 
 
 def test_prepare_frame_fits_depth_or_drops_it():
@@ -64,6 +68,10 @@ def test_prepare_frame_fits_depth_or_drops_it():
     frame = prepare_frame(_image(rgb, "rgb8"), None, bad_info)
     assert frame.intrinsics is None and frame.notes[0].kind == "camera_info"
     assert intrinsics_from_info(CameraInfo(), WIDTH, HEIGHT) is None  # K unset: 2D only
+    for k, reason in (([0.0] * 9, "all zero"), ([-100.0, 0, 60.0, 0, 100.0, 50.0, 0, 0, 1], "fx, fy > 0")):
+        frame = prepare_frame(_image(rgb, "rgb8"), None, CameraInfo(width=WIDTH, height=HEIGHT, k=k))
+        assert frame.intrinsics is None and [n.kind for n in frame.notes] == ["camera_info"], k
+        assert reason in frame.notes[0].message and "no 3D" in frame.notes[0].message
 
 
 def test_objects_and_markers_messages():
@@ -96,3 +104,57 @@ def test_overlay_leaves_a_bgr8_input_message_untouched():
     bgr = render_overlay(prepare_frame(msg, None, None).rgb, mask, objects, 0.5)
     assert bgr[HEIGHT - 1, 0, 2] > 40  # tinted
     assert bytes(msg.data) == before
+
+
+def test_points_cloud_layout_is_the_standard_xyz_rgb_one():
+    """What sensor_msgs_py.point_cloud2 and RViz read: fields by the PointField definitions,
+    little-endian, 16 bytes a point, rgb packed 0x00RRGGBB in a FLOAT32 field."""
+    from sensor_msgs.msg import PointField
+
+    from m4sam_ros.ros.points import points_msg
+
+    xyz = np.array([[0.1, -0.2, 1.5], [0.0, 0.0, 2.0]], np.float32)
+    rgb = np.array([[255, 0, 10], [1, 2, 3]], np.uint8)
+    msg = points_msg(Header(frame_id=FRAME_ID), xyz, rgb)
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+        ("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1), ("z", 8, PointField.FLOAT32, 1),
+        ("rgb", 12, PointField.FLOAT32, 1)]
+    assert (msg.height, msg.width, msg.point_step, msg.row_step) == (1, 2, 16, 32)
+    assert not msg.is_bigendian and msg.is_dense and len(msg.data) == 32
+    sizes = {PointField.FLOAT32: 4}  # decode as a reader does: from the fields alone
+    dtype = np.dtype({"names": [f.name for f in msg.fields], "formats": ["<f4"] * 4,
+                      "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
+    assert all(sizes[f.datatype] * f.count <= msg.point_step - f.offset for f in msg.fields)
+    cloud = np.frombuffer(bytes(msg.data), dtype)
+    np.testing.assert_array_equal(np.stack([cloud["x"], cloud["y"], cloud["z"]], 1), xyz)
+    packed = cloud["rgb"].view("<u4")
+    assert [(p >> 16 & 255, p >> 8 & 255, p & 255) for p in packed] == [(255, 0, 10), (1, 2, 3)]
+
+
+def test_library_logging_reaches_the_ros_logger(tmp_path, capfd):
+    """The engine cache logs with Python logging; in the node its lines carry the node's logger name."""
+    import logging
+
+    import rclpy
+
+    from m4sam_ros.engines.cache import ArtifactCache, EngineKey
+    from m4sam_ros.ros.log_bridge import bridge_python_logging
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("bridge_test", context=context)
+    handler = bridge_python_logging(node.get_logger())
+    try:
+        key = EngineKey(graph="encoder", weights_sha256="ab", image_size=64, precision="fp32")
+        cache = ArtifactCache(tmp_path)
+        cache.store(key, ".onnx", data=b"graph").write_bytes(b"tampered")
+        assert cache.lookup(key, ".onnx") is None
+        err = capfd.readouterr().err
+        assert "[bridge_test.cache]" in err and "refusing cached" in err, err
+    finally:
+        for name in ("m4sam_ros", "m4sam"):
+            logger = logging.getLogger(name)
+            logger.removeHandler(handler)
+            logger.propagate, logger.level = True, logging.NOTSET
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)

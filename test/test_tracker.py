@@ -338,3 +338,21 @@ def test_reset_with_an_initial_mask_seeds_the_memory_with_it(video, mode):
     assert seeded.memory_frames == 1 and seeded.object_score > 0.99
     with pytest.raises(ValueError, match="initial_mask"):
         tracker.reset(initial_mask=np.zeros((4, 4, 3), bool))
+
+
+def test_non_finite_output_is_withheld_and_the_memory_restarts(video):
+    from m4sam_ros.tracker import NonFiniteOutput
+
+    tracker = _tracker(mode="learned")
+    _run(tracker, video[:2])
+    weight = tracker.model.sam_mask_decoder.output_upscaling[0].weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))  # what a corrupt weight does at run time
+    with pytest.raises(NonFiniteOutput, match="not finite"):
+        tracker.step(video[2].rgb, video[2].depth_mm, 2 / 30, video[2].intrinsics)
+    assert len(tracker.memory) == 0  # the garbage did not stay in memory
+    with torch.no_grad():
+        weight.copy_(saved)
+    good = tracker.step(video[3].rgb, video[3].depth_mm, 3 / 30, video[3].intrinsics)
+    assert good.reinitialized == "nonfinite" and np.isfinite(good.probability).all()

@@ -16,6 +16,10 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,10 +104,27 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+# Work in progress lives under this prefix, named after the writing process; a process ended
+# mid-write (a stop signal during an export or engine build) leaves only such names, which
+# ``lookup`` never reads and the next process sweeps.
+INCOMPLETE_PREFIX = ".incomplete-"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write under an incomplete name, then rename: a reader sees all of the file or none of it."""
+    tmp = path.with_name(f"{INCOMPLETE_PREFIX}{os.getpid()}-{path.name}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 class ArtifactCache:
@@ -114,6 +135,28 @@ class ArtifactCache:
 
     def path(self, key: EngineKey, suffix: str) -> Path:
         return self.root / key.stem(suffix)
+
+    @contextmanager
+    def workspace(self) -> Iterator[Path]:
+        """A private folder in the cache for a file being made (moved in by ``store`` when done);
+        leftovers of processes that ended mid-write are swept first."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep_incomplete()
+        folder = Path(tempfile.mkdtemp(prefix=f"{INCOMPLETE_PREFIX}{os.getpid()}-", dir=self.root))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def sweep_incomplete(self) -> list[Path]:
+        """Remove work in progress of processes no longer running; returns what was removed."""
+        removed = []
+        for entry in self.root.glob(f"{INCOMPLETE_PREFIX}*"):
+            pid = entry.name[len(INCOMPLETE_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                removed.append(entry)
+        return removed
 
     @staticmethod
     def _sidecar(path: Path) -> Path:
@@ -155,11 +198,11 @@ class ArtifactCache:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key, suffix)
         if data is not None:
-            _write_atomic(path, data)
+            write_atomic(path, data)
         else:
             os.replace(source, path)
         meta = {"key": key.to_dict(), "sha256": _sha256_file(path), "torch": torch.__version__}
-        _write_atomic(self._sidecar(path), json.dumps(meta, indent=1, sort_keys=True).encode())
+        write_atomic(self._sidecar(path), json.dumps(meta, indent=1, sort_keys=True).encode())
         log.info("cached %s", path)
         return path
 

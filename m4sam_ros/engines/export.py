@@ -151,13 +151,8 @@ def cached_onnx(model: M4SAM, graph: str, cache: ArtifactCache, batch: int = 1, 
     path = cache.lookup(key, ".onnx")
     if path is not None:
         return path
-    with tempfile.TemporaryDirectory(dir=_ensure(cache.root)) as tmp:
-        exported = export_onnx(spec, Path(tmp) / "graph.onnx",
+    with cache.workspace() as tmp:
+        exported = export_onnx(spec, tmp / "graph.onnx",
                                metadata={"weights_sha256": key.weights_sha256, "preset": model.config.name,
                                          "image_size": str(model.config.image_size)})
         return cache.store(key, ".onnx", source=exported)
-
-
-def _ensure(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory

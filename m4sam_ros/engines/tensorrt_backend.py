@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from m4sam_ros.engines.base import EngineBuildError, EngineUnavailable, check_precision
-from m4sam_ros.engines.cache import ArtifactCache, EngineKey
+from m4sam_ros.engines.cache import ArtifactCache, EngineKey, write_atomic
 from m4sam_ros.engines.progress import stage
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ def build_engine(onnx_path: Path | str, precision: str = "fp16", timing_cache: P
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build {onnx_path} (see its log above)")
     if timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+        write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(serialized)
 
 

@@ -7,6 +7,8 @@
   config they were trained with; loading refuses a model whose SAM2 architecture or
   adapter config differs. Version 1 files (MoE-LoRA fields flat in the config, keys
   ``moe_lora.*`` / ``fusion.*``) are read as the version 2 layout they correspond to.
+* Every tensor loaded must be finite: NaN/inf (a corrupt byte, a diverged run) is refused,
+  naming the tensors, instead of serving empty masks that look healthy.
 * Everything is read with ``torch.load(weights_only=True)``; unreadable files raise
   ``CheckpointError`` with the path and the cause instead of a raw pickle traceback.
 """
@@ -68,6 +70,10 @@ def _check_tensors(path: Path, what: str, expected: dict[str, torch.Tensor], giv
         problems.append(f"shape mismatches (file != model): {'; '.join(wrong[:_SHOW])}")
     if problems:
         raise CheckpointError(f"{path} does not fit the {what}: " + " | ".join(problems))
+    nonfinite = [k for k in expected if given[k].is_floating_point() and not torch.isfinite(given[k]).all()]
+    if nonfinite:  # a flipped byte or a diverged run: the model would serve garbage, and say nothing
+        raise CheckpointError(f"{path} holds non-finite values (NaN/inf) in {len(nonfinite)} tensor(s) of the "
+                              f"{what}: {_names(nonfinite)}; the file is corrupt or from a diverged training run")
 
 
 def load_sam2_checkpoint(model: M4SAM, path: str | Path) -> None:

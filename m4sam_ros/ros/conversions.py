@@ -58,13 +58,15 @@ def depth_from_msg(msg: Image) -> np.ndarray:
 
 
 def intrinsics_from_info(info: CameraInfo, width: int, height: int) -> CameraIntrinsics | None:
-    """Pinhole intrinsics for an image of ``width`` x ``height``; None if K is unset (all zero).
+    """Pinhole intrinsics for an image of ``width`` x ``height``; None if K is unset (all zero,
+    an uncalibrated camera); ValueError naming the problem for a K no pinhole camera has
+    (NaN, a focal length <= 0).
 
     camera_info may describe another resolution than the image (a driver publishing a
     binned stream): K is then scaled by the size ratio.
     """
     k = info.k
-    if k[0] <= 0.0 or k[4] <= 0.0:
+    if not any(k):
         return None
     intrinsics = CameraIntrinsics.from_k(k)
     if info.width > 0 and info.height > 0 and (info.width, info.height) != (width, height):

@@ -116,15 +116,17 @@ class PipelineMonitor:
         self.last_reinit = ""
         self.overlays = 0
 
-    def record_result(self, *, inference_ms: float, age_s: float, memory_frames: int, used_depth: bool,
+    def record_result(self, *, inference_ms: float, age_s: float | None, memory_frames: int, used_depth: bool,
                       reinitialized: str | None, overlay: bool) -> None:
+        """``age_s``: node clock minus the frame's stamp; None when the stamp is on another clock."""
         self.results.tick()
         with self._lock:
             self.inference_ms = inference_ms
             n = self.results.total
             self.inference_ms_mean += (inference_ms - self.inference_ms_mean) / min(n, 20)  # ~20-frame mean
-            self.result_age_ms = age_s * 1e3
-            self._age_max_ms = max(self._age_max_ms, self.result_age_ms)
+            self.result_age_ms = None if age_s is None else age_s * 1e3
+            if self.result_age_ms is not None:
+                self._age_max_ms = max(self._age_max_ms, self.result_age_ms)
             self.memory_frames = memory_frames
             self.used_depth = used_depth
             if reinitialized:
@@ -133,7 +135,7 @@ class PipelineMonitor:
             self.overlays += int(overlay)
 
     def status(self, *, name: str, hardware_id: str, rgb_only: bool, extra: Mapping[str, object],
-               hints: list[str]) -> DiagnosticStatus:
+               hints: list[str], nonfinite: bool = False) -> DiagnosticStatus:
         """One DiagnosticStatus; ``extra`` adds node-side counters, ``hints`` are warnings (e.g. QoS)."""
         with self._lock:
             age_max, self._age_max_ms = self._age_max_ms, 0.0
@@ -147,7 +149,8 @@ class PipelineMonitor:
                 "frames_processed": self.results.total,
                 "inference_ms": f"{self.inference_ms:.1f}",
                 "inference_ms_mean": f"{self.inference_ms_mean:.1f}",
-                "result_age_ms": f"{self.result_age_ms:.1f}",
+                "result_age_ms": "n/a (stamps not on this node's clock)" if self.result_age_ms is None
+                else f"{self.result_age_ms:.1f}",
                 "result_age_ms_max": f"{age_max:.1f}",
                 "memory_frames": self.memory_frames,
                 "last_used_depth": self.used_depth,
@@ -164,14 +167,16 @@ class PipelineMonitor:
         for i, hint in enumerate(hints):
             values[f"hint.{i}"] = hint
 
-        level, summary = self._assess(rgb_only, hints)
+        level, summary = self._assess(rgb_only, hints, nonfinite)
         return DiagnosticStatus(level=level, name=name, hardware_id=hardware_id, message=summary,
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
-    def _assess(self, rgb_only: bool, hints: list[str]) -> tuple[bytes, str]:
+    def _assess(self, rgb_only: bool, hints: list[str], nonfinite: bool) -> tuple[bytes, str]:
         since_rgb = self.rgb.seconds_since_last()
         error = self.problems.recent_warning(kind="inference")
         warning = self.problems.recent_warning()
+        if nonfinite:  # until a good frame returns
+            return DiagnosticStatus.ERROR, "model output not finite (NaN/inf): frames dropped, memory re-initialising"
         if error is not None:
             return DiagnosticStatus.ERROR, f"inference failing: {error.message}"
         if since_rgb is None or since_rgb > INPUT_SILENT_S:

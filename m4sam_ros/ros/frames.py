@@ -64,6 +64,10 @@ def prepare_frame(rgb_msg: Image, depth_msg: Image | None, info: CameraInfo | No
             frame.intrinsics = intrinsics_from_info(info, width, height)
         except ValueError as exc:
             frame.notes.append(FrameNote("camera_info", f"camera_info unusable ({exc}): objects have no 3D"))
+        else:
+            if frame.intrinsics is None:
+                frame.notes.append(FrameNote("camera_info", "camera_info K is all zero (camera not calibrated?): "
+                                                            "objects have no 3D"))
     if depth_msg is None:
         return frame
     depth, note = fit_depth_to_rgb(depth_from_msg(depth_msg), height, width)

@@ -54,6 +54,9 @@ def check_model_files(model: ModelParameters) -> tuple[Path | None, Path | None]
     checkpoint = adapter = None
     if model.sam2_checkpoint:
         checkpoint = _expand(model.sam2_checkpoint)
+        if checkpoint.is_dir():
+            raise StartupError(f"model.sam2_checkpoint is a directory, not a checkpoint file: {checkpoint}; "
+                               f"give the .pt file in it ({CHECKPOINT_FILES.get(model.preset, 'the .pt file')})")
         if not checkpoint.is_file():
             raise StartupError(f"SAM2 checkpoint file not found: {checkpoint} (model.sam2_checkpoint); "
                                + _download_hint(model.preset))
@@ -62,6 +65,9 @@ def check_model_files(model: ModelParameters) -> tuple[Path | None, Path | None]
                            + _download_hint(model.preset))
     if model.adapter:
         adapter = _expand(model.adapter)
+        if adapter.is_dir():
+            raise StartupError(f"model.adapter is a directory, not an adapter file: {adapter}; give the file "
+                               "`m4sam train` wrote (adapter.pt in its out_dir)")
         if not adapter.is_file():
             raise StartupError(f"adapter weights not found: {adapter} (model.adapter); train them with "
                                "`m4sam train` or leave model.adapter empty for zero-shot mode")

@@ -21,6 +21,7 @@ from rclpy.node import Node
 
 from m4sam_ros.engines.backends import BACKEND_NAMES, RUNNABLE_PRECISIONS
 from m4sam_ros.model.config import PRESETS as MODEL_PRESETS
+from m4sam_ros.ros.qos import RELIABILITIES
 from m4sam_ros.tracker import MODES
 
 __all__ = ["PARAMETERS", "NodeParameters", "ParameterError", "ParameterSpec", "check", "declare_all", "defaults", "spec"]
@@ -76,6 +77,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("max_objects", 10, "Most objects reported per frame, highest score first.", range=(1, 100), step=1),
     ParameterSpec("publish_probability", False, "Also publish saliency/probability (32FC1, 0..1)."),
     ParameterSpec("overlay_alpha", 0.5, "Tint strength of salient pixels in saliency/overlay.", range=(0.0, 1.0)),
+    ParameterSpec("points.decimation", 4,
+                  "saliency/points keeps every N-th salient pixel in each direction (computed only while subscribed).",
+                  range=(1, 64), step=1),
     # -- input ---------------------------------------------------------------------------
     ParameterSpec("sync.slop", 0.015,
                   "Largest RGB/depth stamp difference (s) that still pairs; keep it below half the frame period.",
@@ -84,10 +88,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("sync.depth_timeout", 0.5,
                   "Seconds without depth after which the node runs RGB-only (until depth returns).",
                   range=(0.05, 60.0)),
-    ParameterSpec("qos.reliable", False,
-                  "Subscribe to camera topics RELIABLE instead of sensor-data BEST_EFFORT "
-                  "(BEST_EFFORT connects to both kinds of publisher).", read_only=True),
+    ParameterSpec("qos.reliability", "auto",
+                  "Camera subscriptions: auto matches the publishers (RELIABLE when all are, else BEST_EFFORT, which "
+                  "loses large images between processes); reliable; best_effort.",
+                  choices=RELIABILITIES, read_only=True),
     ParameterSpec("diagnostics.period", 1.0, "Seconds between /diagnostics messages.", range=(0.1, 60.0),
+                  read_only=True),
+    ParameterSpec("lifecycle.autostart", True,
+                  "Configure and activate at start-up; false leaves the managed node unconfigured for a lifecycle manager.",
                   read_only=True),
     # -- model (fixed at start-up) ---------------------------------------------------------
     ParameterSpec("model.preset", "hiera_t",
@@ -210,7 +218,17 @@ class EngineParameters:
 
 @dataclass(frozen=True)
 class QosParameters:
-    reliable: bool
+    reliability: str
+
+
+@dataclass(frozen=True)
+class PointsParameters:
+    decimation: int
+
+
+@dataclass(frozen=True)
+class LifecycleParameters:
+    autostart: bool
 
 
 @dataclass(frozen=True)
@@ -227,9 +245,11 @@ class NodeParameters:
     max_objects: int
     publish_probability: bool
     overlay_alpha: float
+    points: PointsParameters
     sync: SyncParameters
     qos: QosParameters
     diagnostics: DiagnosticsParameters
+    lifecycle: LifecycleParameters
     model: ModelParameters
     tracker: TrackerParameters
     depth: DepthParameters
@@ -241,7 +261,8 @@ class NodeParameters:
         missing = set(_BY_NAME) - set(values)
         if missing:
             raise ValueError(f"missing parameters: {', '.join(sorted(missing))}")
-        groups = {"sync": SyncParameters, "qos": QosParameters, "diagnostics": DiagnosticsParameters,
+        groups = {"points": PointsParameters, "sync": SyncParameters, "qos": QosParameters,
+                  "diagnostics": DiagnosticsParameters, "lifecycle": LifecycleParameters,
                   "model": ModelParameters, "tracker": TrackerParameters, "depth": DepthParameters,
                   "engine": EngineParameters}
         kwargs: dict[str, Any] = {}
