@@ -151,13 +151,10 @@ def discontinuities(z_m: np.ndarray, relative_jump: float) -> np.ndarray:
 
 
 def _patches(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
-    """(H, W) float32 smooth noise ranked into [0, 1): thresholding it gives blobby patches."""
+    """(H, W) float32 smooth noise: thresholding it gives blobby patches about ``cell`` pixels wide."""
     h, w = shape
     coarse = rng.random((h // cell + 2, w // cell + 2)).astype(np.float32)
-    fine = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
-    ranks = np.empty(fine.size, dtype=np.float32)
-    ranks[np.argsort(fine, axis=None, kind="stable")] = np.arange(fine.size, dtype=np.float32) / fine.size
-    return ranks.reshape(h, w)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def apply_depth_sensor(z_m: np.ndarray, rgb_clean: np.ndarray, fx: float, rng: np.random.Generator,
@@ -181,8 +178,9 @@ def apply_depth_sensor(z_m: np.ndarray, rgb_clean: np.ndarray, fx: float, rng: n
     luma = luminance(rgb_clean)
     holes |= (luma < config.dark_luminance) & (rng.random(shape) < config.dark_hole_prob)
     holes |= luma >= config.saturated_luminance
-    if shiny is not None and config.shiny_hole_fraction > 0:
-        holes |= shiny & (_patches(rng, shape, 6) < config.shiny_hole_fraction)
+    if shiny is not None and config.shiny_hole_fraction > 0 and shiny.any():
+        patches = _patches(rng, shape, 6)
+        holes |= shiny & (patches <= np.quantile(patches[shiny], config.shiny_hole_fraction))
     holes |= rng.random(shape) < config.speckle_fraction
     noisy = z + rng.standard_normal(shape, dtype=np.float32) * depth_noise_sigma(z, config).astype(np.float32)
     holes |= (noisy < config.min_range_m) | (noisy > config.max_range_m)
