@@ -190,6 +190,8 @@ def test_written_dataset_is_deterministic_and_reads_back_as_generic(tmp_path):
         assert info["salient"]["rule"] in ("manipulated", "fixated") and len(info["camera_to_world"]) == 4
         missing = [i for i, f in enumerate(video.frames) if f.depth is None]
         assert missing == info["dropped_depth_frames"]  # a dropped frame has no depth file: read as RGB-only
+        empty = [i for i, f in enumerate(video.frames) if not load_frame(f).gt.any()]
+        assert empty == info["gt_empty_frames"]
         for record in video.frames:
             frame = load_frame(record)
             assert frame.rgb.shape == (36, 48, 3) and frame.gt.shape == (36, 48)

@@ -24,9 +24,10 @@ colour), ``depth_unit_m`` (0.001), ``near_m`` / ``far_m`` (the renderer's clip p
 ``split``, ``seed`` and ``spawn_key`` (the video's seed: ``SeedSequence(seed,
 spawn_key=[split index, video index])``), ``salient`` (``object``, ``rule``: "manipulated"
 or "fixated", ``rule_text``), ``scene`` (family, camera motion, clutter, arm, occluder, ...),
-``sensor`` (the sensor model's settings, null when off), ``dropped_depth_frames``, and
-``camera_to_world``: per frame a row-major 4x4 pose, OpenCV axes (x right, y down, z
-forward), world z up, metres.
+``sensor`` (the sensor model's settings, null when off), ``white_balance``,
+``dropped_depth_frames``, ``gt_empty_frames`` (the salient object out of view or fully
+hidden: frames a first-mask test should not start on), and ``camera_to_world``: per frame
+a row-major 4x4 pose, OpenCV axes (x right, y down, z forward), world z up, metres.
 
 Splits (``--split``): val uses objects and layout families that train never uses (see
 ``assets`` and ``layout``), and its own seed stream (the split index is part of every
@@ -126,17 +127,20 @@ class SceneVideo:
                                             config.scene_options())
         self.intrinsics = intrinsics_for(config.width, config.height, self.spec.hfov_deg)
         self.dropped: list[int] = []
+        self.gt_empty: list[int] = []
 
     def frames(self) -> Iterator[SceneFrame]:
         """Render every frame in order (the sensor noise is a stream: frames come in order only)."""
         config, spec = self.config, self.spec
         rng = np.random.default_rng(self._sensor_seq)
         gains = exposure_gains(rng, config.frames, spec.sensor)
-        self.dropped = []
+        self.dropped, self.gt_empty = [], []
         with SceneWorld(spec, config.width, config.height) as world:
             for t in range(config.frames):
                 frame = world.render(t)
                 gt = np.where(frame.segmentation == world.salient_id, 255, 0).astype(np.uint8)
+                if not gt.any():
+                    self.gt_empty.append(t)
                 if config.sensor_model:
                     shiny = np.isin(frame.segmentation, world.shiny_ids)
                     depth_mm = apply_depth_sensor(frame.depth_m, frame.rgb, world.intrinsics.fx, rng, spec.sensor,
@@ -165,7 +169,7 @@ class SceneVideo:
             "scene": spec.summary(),
             "sensor": asdict(spec.sensor) if config.sensor_model else None,
             "white_balance": list(spec.white_balance) if config.sensor_model else None,
-            "dropped_depth_frames": list(self.dropped),
+            "dropped_depth_frames": list(self.dropped), "gt_empty_frames": list(self.gt_empty),
             "camera_to_world": [np.round(spec.camera.pose(t), 6).reshape(-1).tolist() for t in range(config.frames)],
         }
 

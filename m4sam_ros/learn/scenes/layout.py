@@ -422,7 +422,11 @@ def _occluder(rng: np.random.Generator, track: CameraTrack, fixation: np.ndarray
               table_top: float) -> OccluderSpec:
     """A thing crossing the line of sight at a random frame, between camera and target."""
     frames = len(track.eyes)
-    t_cross = int(rng.integers(int(0.25 * frames), max(int(0.75 * frames), int(0.25 * frames) + 1)))
+    # covering the target for 5-15 frames (at most a third of the video), around a frame in the
+    # middle half, so that the first frames show the target unoccluded
+    duration = min(rng.uniform(5, 15), frames / 3)
+    low = max(0.25 * frames, duration)
+    t_cross = int(round(rng.uniform(low, max(low, min(0.75 * frames, frames - 1 - duration / 2)))))
     eye, target = track.eyes[t_cross], fixation[t_cross]
     centre = eye + rng.uniform(0.3, 0.7) * (target - eye)
     right = track.rotations[t_cross][:, 0]
@@ -432,7 +436,7 @@ def _occluder(rng: np.random.Generator, track: CameraTrack, fixation: np.ndarray
         shape, size = "box", (rng.uniform(0.04, 0.12), rng.uniform(0.01, 0.04), rng.uniform(0.08, 0.25))
     centre[2] = max(centre[2], table_top + size[2] + 0.01)  # never through the table
     width = 2 * size[0] + target_size
-    speed = width / rng.uniform(5, 15) * rng.choice([-1.0, 1.0])  # metres per frame: a 5-15 frame crossing
+    speed = width / duration * rng.choice([-1.0, 1.0])  # metres per frame
     path = centre[None, :] + (np.arange(frames) - t_cross)[:, None] * speed * right[None, :]
     skin = rng.random() < 0.4
     if skin:
