@@ -11,7 +11,8 @@ from m4sam_ros.learn.datasets import load_frame, open_dataset
 from m4sam_ros.learn.scenes.assets import NAMED, object_pool
 from m4sam_ros.learn.scenes.camera import CameraTrack, intrinsics_for, look_at, projection_matrix, view_matrix
 from m4sam_ros.learn.scenes.generate import SceneConfig, SceneVideo, write_dataset
-from m4sam_ros.learn.scenes.layout import FAMILIES, SceneOptions, Surface, sample_scene
+from m4sam_ros.learn.scenes.layout import FAMILIES, sample_scene
+from m4sam_ros.learn.scenes.spec import SceneOptions, Surface
 from m4sam_ros.learn.scenes.world import FAR_M, NEAR_M, SceneWorld, metric_depth
 from m4sam_ros.learn.sensor_model import (SensorConfig, apply_depth_sensor, depth_frame_dropped, depth_noise_sigma,
                                           exposure_gains, stereo_shadow)

@@ -28,7 +28,7 @@ from m4sam_ros.postprocess import CameraIntrinsics
 MOTIONS = ("static", "orbit", "approach", "handheld", "pan")
 
 __all__ = ["MOTIONS", "CameraTrack", "intrinsics_for", "projection_matrix", "view_matrix", "look_at",
-           "camera_track", "smooth_wobble"]
+           "camera_track", "smooth_wobble", "ease"]
 
 
 def intrinsics_for(width: int, height: int, hfov_deg: float) -> CameraIntrinsics:
@@ -110,7 +110,7 @@ class CameraTrack:
         return pose
 
 
-def _ease(s: np.ndarray) -> np.ndarray:
+def ease(s: np.ndarray) -> np.ndarray:
     """Smoothstep 0 -> 1 with zero velocity at both ends."""
     s = np.clip(s, 0.0, 1.0)
     return s * s * (3.0 - 2.0 * s)
@@ -137,7 +137,7 @@ def camera_track(rng: np.random.Generator, motion: str, fixation: np.ndarray, az
         el = elevation + np.radians(rng.uniform(-8, 8)) * np.sin(np.pi * s)
     elif motion == "approach":
         closest = max(0.2, radius * rng.uniform(0.35, 0.6))  # a grasp-camera's last look, still in range
-        rad = radius + (closest - radius) * _ease(s)
+        rad = radius + (closest - radius) * ease(s)
         az = azimuth + np.radians(rng.uniform(-15, 15)) * s
     elif motion == "handheld":
         shake_pos, shake_rot = rng.uniform(0.01, 0.03), np.radians(rng.uniform(1.0, 3.0))
@@ -151,9 +151,9 @@ def camera_track(rng: np.random.Generator, motion: str, fixation: np.ndarray, az
             start = rng.uniform(0.1, 0.9 - length)
             profile = np.sin(np.pi * np.clip((s - start) / length, 0.0, 1.0)) ** 2
         elif kind == "enter":
-            profile = 1.0 - _ease(s / length)
+            profile = 1.0 - ease(s / length)
         else:
-            profile = _ease((s - (1.0 - length)) / length)
+            profile = ease((s - (1.0 - length)) / length)
         side = np.array([np.sin(azimuth), -np.cos(azimuth), 0.0])  # horizontal, perpendicular to the view
         look = look + profile[:, None] * away * side[None, :]
     shake_pos_xyz = smooth_wobble(rng, frames, 3, shake_pos, (6.0, 30.0))

@@ -51,7 +51,8 @@ from tqdm import tqdm
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
 from m4sam_ros.learn.scenes.assets import SPLITS
 from m4sam_ros.learn.scenes.camera import intrinsics_for
-from m4sam_ros.learn.scenes.layout import SceneOptions, SceneSpec, sample_scene
+from m4sam_ros.learn.scenes.layout import sample_scene
+from m4sam_ros.learn.scenes.spec import SceneOptions, SceneSpec
 from m4sam_ros.learn.scenes.world import FAR_M, NEAR_M, SceneWorld
 from m4sam_ros.learn.sensor_model import (apply_depth_sensor, apply_rgb_sensor, depth_frame_dropped,
                                           exposure_gains)

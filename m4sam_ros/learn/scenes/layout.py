@@ -1,8 +1,7 @@
 """Sampling one table-top scene as plain data: room, table, objects, arm, occluder, camera, light.
 
-Everything random about a video is drawn here, from one ``numpy.random.Generator``, into a
-``SceneSpec``; ``world.py`` only builds and renders it. So a scene is reproducible from its
-seed, and inspectable (``SceneSpec.summary`` goes into camera.json) without rendering.
+Everything random about a video's content is drawn here, from one ``numpy.random.Generator``,
+into a ``spec.SceneSpec``; ``world.py`` only builds and renders it.
 
 Salient rule: exactly one object per video is salient. In arm videos (``arm`` not None)
 it is **the object the arm manipulates** (picked, carried, placed); otherwise it is **the
@@ -22,161 +21,21 @@ lights are drawn from the same ranges in both splits: they vary per seed, not pe
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
-from m4sam_ros.learn.scenes.assets import TRAY, Asset, native_extent, object_pool
-from m4sam_ros.learn.scenes.camera import MOTIONS, CameraTrack, camera_track
+from m4sam_ros.learn.scenes.assets import TRAY, Asset, object_pool
+from m4sam_ros.learn.scenes.camera import MOTIONS, CameraTrack, camera_track, ease
+from m4sam_ros.learn.scenes.spec import (ArmSpec, Lighting, OccluderSpec, Placement, SceneOptions, SceneSpec,
+                                         Surface)
 from m4sam_ros.learn.sensor_model import SensorConfig
 
 FAMILIES: dict[str, tuple[str, ...]] = {"train": ("scattered", "cluster", "row"), "val": ("tray", "pedestal")}
 SALIENT_SIZE_M = (0.1, 0.25)
 CLUTTER_SIZE_M = (0.04, 0.14)
 
-__all__ = ["FAMILIES", "SceneOptions", "Surface", "Placement", "ArmSpec", "OccluderSpec", "Lighting", "SceneSpec",
-           "sample_scene"]
-
-
-@dataclass(frozen=True)
-class SceneOptions:
-    """How often each hard case appears (probabilities per video)."""
-
-    arm_prob: float = 0.35
-    occluder_prob: float = 0.4
-    low_texture_prob: float = 0.25
-    close_background_prob: float = 0.35
-    shadow_prob: float = 0.5
-    depth_drop_prob: float = 0.02
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"SceneOptions.{name} must be in [0, 1], got {value}")
-
-
-@dataclass(frozen=True)
-class Surface:
-    """A textured box (walls, floor, table, cabinets, panels, pedestal); tile_m: texture tile side."""
-
-    name: str
-    centre: tuple[float, float, float]
-    half_extents: tuple[float, float, float]
-    material: str
-    texture_seed: int
-    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    tile_m: float | None = None  # None: the material's own tile size
-
-
-@dataclass(frozen=True)
-class Placement:
-    """An object standing on a support: its AABB's bottom centre at ``(x, y, support_z)``.
-
-    colour: None keeps the asset's own look; an RGBA replaces colour and texture (plain objects).
-    low_texture: the colour is a plain white or grey (the hard case for RGB saliency).
-    shiny: reflective surface (the sensor loses depth on patches of it).
-    """
-
-    asset: Asset
-    size_m: float
-    x: float
-    y: float
-    support_z: float
-    yaw: float
-    colour: tuple[float, float, float, float] | None = None
-    low_texture: bool = False
-    shiny: bool = False
-
-    @property
-    def scale(self) -> float:
-        return self.size_m / max(native_extent(self.asset.name))
-
-    @property
-    def extent(self) -> np.ndarray:
-        """AABB size (x, y, z) before the yaw, in metres."""
-        return np.array(native_extent(self.asset.name)) * self.scale
-
-    @property
-    def footprint_radius(self) -> float:
-        return 0.5 * float(np.hypot(*self.extent[:2]))
-
-
-@dataclass(frozen=True)
-class ArmSpec:
-    """A KUKA iiwa on the table moving the salient object.
-
-    object_path: (T, 3) bottom centre of the carried object per frame.
-    tool_path: (T, 3) where the tip of the suction tool is per frame (on the object's top while
-    it is carried; above it before the grasp and after the release).
-    """
-
-    base: tuple[float, float, float]
-    object_path: np.ndarray
-    tool_path: np.ndarray
-
-
-@dataclass(frozen=True)
-class OccluderSpec:
-    """Something passing between camera and target: a vertical cylinder or a box (board, book).
-
-    path: (T, 3) centre per frame; size: (radius or half-width, half-depth, half-height).
-    """
-
-    shape: str
-    size: tuple[float, float, float]
-    colour: tuple[float, float, float, float]
-    material: str | None
-    texture_seed: int
-    path: np.ndarray
-    yaw: float
-
-
-@dataclass(frozen=True)
-class Lighting:
-    """TinyRenderer's one directional light (direction points towards the light)."""
-
-    direction: tuple[float, float, float]
-    colour: tuple[float, float, float]
-    ambient: float
-    diffuse: float
-    specular: float
-    shadow: bool
-
-
-@dataclass(frozen=True)
-class SceneSpec:
-    """Everything one video shows; ``world.SceneWorld`` builds it."""
-
-    split: str
-    family: str
-    frames: int
-    hfov_deg: float
-    surfaces: tuple[Surface, ...]
-    salient: Placement
-    clutter: tuple[Placement, ...]
-    props: tuple[Placement, ...]  # tray
-    arm: ArmSpec | None
-    occluder: OccluderSpec | None
-    camera: CameraTrack
-    lighting: Lighting
-    sensor: SensorConfig
-    white_balance: tuple[float, float, float]
-    table_top_z: float
-    salient_rule: str = "fixated"
-    leaves_view: bool = False  # the salient object is meant to leave the view (pan, carried away)
-
-    def summary(self) -> dict:
-        """What camera.json records about the scene."""
-        return {
-            "family": self.family, "camera_motion": self.camera.motion, "hfov_deg": round(self.hfov_deg, 3),
-            "salient_object": self.salient.asset.name, "salient_rule": self.salient_rule,
-            "salient_low_texture": self.salient.low_texture,
-            "clutter": [p.asset.name for p in self.clutter], "arm": self.arm is not None,
-            "leaves_view": self.leaves_view,
-            "occluder": None if self.occluder is None else self.occluder.shape,
-            "close_background": any(s.name in ("backdrop", "back_wall_near") for s in self.surfaces),
-            "shadow": self.lighting.shadow,
-        }
+__all__ = ["FAMILIES", "SALIENT_SIZE_M", "CLUTTER_SIZE_M", "sample_scene"]
 
 
 # ---- room --------------------------------------------------------------------------------------
@@ -372,11 +231,6 @@ def _arrange(rng: np.random.Generator, family: str, salient: Placement, clutter:
 
 
 # ---- motion --------------------------------------------------------------------------------------
-def _ease(s: np.ndarray) -> np.ndarray:
-    s = np.clip(s, 0.0, 1.0)
-    return s * s * (3.0 - 2.0 * s)
-
-
 def _arm(rng: np.random.Generator, base: tuple[float, float, float], salient: Placement,
          table: tuple[float, float, float], frames: int,
          taken: list[tuple[float, float, float]]) -> tuple[ArmSpec, bool]:
@@ -405,7 +259,7 @@ def _arm(rng: np.random.Generator, base: tuple[float, float, float], salient: Pl
         place_z = top
     t = np.arange(frames) / (frames - 1)
     grasp, release = rng.uniform(0.1, 0.3), rng.uniform(0.65, 0.9)
-    s = _ease((t - grasp) / (release - grasp))
+    s = ease((t - grasp) / (release - grasp))
     start = np.array([salient.x, salient.y, salient.support_z])
     end = np.array([place[0], place[1], place_z])
     path = start[None, :] + s[:, None] * (end - start)[None, :]
@@ -413,8 +267,8 @@ def _arm(rng: np.random.Generator, base: tuple[float, float, float], salient: Pl
     tool = path + np.array([0.0, 0.0, salient.extent[2]])
     hover = 0.2  # the tool comes down onto the object and goes up after letting go
     before, after = t < grasp, t > release
-    tool[before, 2] += hover * (1.0 - _ease(t[before] / grasp))
-    tool[after, 2] += hover * _ease((t[after] - release) / (1.0 - release))
+    tool[before, 2] += hover * (1.0 - ease(t[before] / grasp))
+    tool[after, 2] += hover * ease((t[after] - release) / (1.0 - release))
     return ArmSpec(base, path, tool), leaves
 
 

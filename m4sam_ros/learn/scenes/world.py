@@ -17,7 +17,7 @@ import pybullet
 
 from m4sam_ros.learn.scenes.assets import data_path, load_asset
 from m4sam_ros.learn.scenes.camera import intrinsics_for, projection_matrix, view_matrix
-from m4sam_ros.learn.scenes.layout import Placement, SceneSpec, Surface
+from m4sam_ros.learn.scenes.spec import Placement, SceneSpec, Surface
 from m4sam_ros.learn.scenes.textures import make_texture
 from m4sam_ros.postprocess import CameraIntrinsics
 
