@@ -19,7 +19,8 @@ Depth (``apply_depth_sensor``), in the order a stereo pipeline produces it:
   an edge match neither side; with the default post-processing such pixels are dropped,
   leaving ragged holes along object outlines (Intel white paper "Depth Post-Processing for
   Intel RealSense D400 Depth Cameras"; Nguyen, Izadi & Lovell, "Modeling Kinect Sensor
-  Noise for Improved 3D Reconstruction and Tracking", 3DIMPVT 2012, for edge dropouts).
+  Noise for Improved 3D Reconstruction and Tracking", 3DIMPVT 2012, on depth error growing
+  at object boundaries and with z²).
 * **Holes on dark and shiny surfaces**: too little reflected IR (black, dark surfaces) or a
   saturated specular highlight gives no stereo match; also random speckle holes. The
   ``shiny`` mask (surfaces the scene marks reflective) loses patches of depth.
