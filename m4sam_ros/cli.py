@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("m4sam_ros.tools.bench", "per-stage latency, FPS and memory, side by side with SAM2's own tracking"),
     "train": ("m4sam_ros.learn.train", "train M4-SAM adapters (MoE-LoRA + fusion) on RGB-D video clips"),
     "eval": ("m4sam_ros.learn.evaluate", "score a model on an RGB-D VSOD dataset through the SaliencyTracker"),
+    "scenes": ("m4sam_ros.learn.scenes.generate", "render RGB-D robot scenes (PyBullet) with ground truth"),
 }
 
 
