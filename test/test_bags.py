@@ -1,0 +1,199 @@
+"""Recorded bags: real rosbag2 files written with rosbags, read back, replayed and processed offline.
+
+The recordings are written with rosbags' own serialiser (not the code under test), like a
+recorder on another machine would: synthetic RGB-D frames with camera_info, colour and
+depth raw or compressed, depth recorded a little before or after its colour frame, one
+frame without depth and one whose depth is too far off in time to pair.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+from sensor_msgs.msg import CameraInfo, Image
+
+from m4sam_ros.cli import main as m4sam
+from m4sam_ros.compressed import encode_colour, encode_depth
+from m4sam_ros.depth import DepthConfig
+from m4sam_ros.learn.datasets import DatasetError
+from m4sam_ros.learn.synthetic import SyntheticConfig, SyntheticFrame, generate_video, write_video
+from m4sam_ros.msg import SalientObjectArray
+from m4sam_ros.postprocess import CameraIntrinsics, PostprocessConfig
+from m4sam_ros.ros.bag_input import (REALSENSE_TOPICS, BagError, bag_messages, deserialize, header_stamp_ns,
+                                     open_bag, resolve_streams)
+from m4sam_ros.ros.conversions import depth_from_msg, rgb_from_msg
+from m4sam_ros.ros.parameters import defaults
+from m4sam_ros.ros.player import folder_frames
+from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TS = get_typestore(Stores.ROS2_KILTED)
+T0_NS = 1_700_000_000_000_000_000
+PERIOD_NS = 100_000_000  # 10 Hz
+WIDTH, HEIGHT, FRAMES = 64, 48, 8
+NO_DEPTH, LATE_DEPTH = 3, 5  # frame 3 has no depth message, frame 5's depth is stamped 40 ms late
+FRAME_ID = "camera_color_optical_frame"
+MODEL = ["-p", "model.preset:=test", "-p", "model.image_size:=64", "-p", "model.mode:=learned",
+         "-p", "engine.num_threads:=1", "-p", "engine.device:=cpu"]
+OUTPUTS = ("/saliency/mask", "/saliency/objects", "/saliency/markers")
+
+
+# -- writing recordings with rosbags ----------------------------------------------------------
+
+def _header(stamp_ns: int):
+    time_ = TS.types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+    return TS.types["std_msgs/msg/Header"](stamp=time_, frame_id=FRAME_ID)
+
+
+def _image(stamp_ns: int, array: np.ndarray, encoding: str):
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    step = array.shape[1] * channels * array.dtype.itemsize
+    return TS.types["sensor_msgs/msg/Image"](header=_header(stamp_ns), height=array.shape[0], width=array.shape[1],
+                                             encoding=encoding, is_bigendian=0, step=step,
+                                             data=np.frombuffer(array.tobytes(), np.uint8))
+
+
+def _compressed(stamp_ns: int, fmt: str, data: bytes):
+    return TS.types["sensor_msgs/msg/CompressedImage"](header=_header(stamp_ns), format=fmt,
+                                                       data=np.frombuffer(data, np.uint8))
+
+
+def _camera_info(stamp_ns: int, k: CameraIntrinsics):
+    return TS.types["sensor_msgs/msg/CameraInfo"](
+        header=_header(stamp_ns), height=HEIGHT, width=WIDTH, distortion_model="plumb_bob", d=np.zeros(5),
+        k=np.array([k.fx, 0, k.cx, 0, k.fy, k.cy, 0, 0, 1.0]), r=np.eye(3).reshape(-1),
+        p=np.array([k.fx, 0, k.cx, 0, 0, k.fy, k.cy, 0, 0, 0, 1.0, 0]), binning_x=0, binning_y=0,
+        roi=TS.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+@dataclass
+class Recording:
+    path: Path
+    frames: list[SyntheticFrame]
+    intrinsics: CameraIntrinsics
+    colour_ns: list[int]
+    rgb_topic: str
+    depth_topic: str
+
+    def expected_depth(self, i: int) -> np.ndarray | None:
+        return None if i in (NO_DEPTH, LATE_DEPTH) else self.frames[i].depth_mm
+
+
+def write_recording(path: Path, storage: str = "mcap", colour: str = "raw", depth: str = "raw",
+                    frames: int = FRAMES, seed: int = 3) -> Recording:
+    """colour: raw | png | jpeg; depth: raw | compressedDepth. Compressed streams sit on
+    image_transport's topic names (<raw topic>/compressed, /compressedDepth)."""
+    config = SyntheticConfig(width=WIDTH, height=HEIGHT, frames=frames, seed=seed)
+    synthetic = list(generate_video(config))
+    intrinsics = config.intrinsics()
+    rgb_topic = REALSENSE_TOPICS["rgb"] + ("" if colour == "raw" else "/compressed")
+    depth_topic = REALSENSE_TOPICS["depth"] + ("" if depth == "raw" else "/compressedDepth")
+    rgb_type = "sensor_msgs/msg/" + ("Image" if colour == "raw" else "CompressedImage")
+    depth_type = "sensor_msgs/msg/" + ("Image" if depth == "raw" else "CompressedImage")
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    messages = []  # (log time, connection key, message, type)
+    colour_ns = []
+    for i, frame in enumerate(synthetic):
+        stamp = T0_NS + i * PERIOD_NS
+        colour_ns.append(stamp)
+        rgb = (_image(stamp, frame.rgb, "rgb8") if colour == "raw"
+               else _compressed(stamp, *encode_colour(frame.rgb, colour)))
+        messages.append((stamp + 5_000_000, "rgb", rgb, rgb_type))
+        messages.append((stamp + 6_000_000, "info", _camera_info(stamp, intrinsics), "sensor_msgs/msg/CameraInfo"))
+        if i == NO_DEPTH:
+            continue
+        depth_stamp = stamp + (40_000_000 if i == LATE_DEPTH else 3_000_000)
+        image = (_image(depth_stamp, frame.depth_mm, "16UC1") if depth == "raw"
+                 else _compressed(depth_stamp, *encode_depth(frame.depth_mm)))
+        log = stamp + (1_000_000 if i % 2 else 30_000_000)  # recorded before its colour frame, or after
+        messages.append((log, "depth", image, depth_type))
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        connections = {
+            "rgb": writer.add_connection(rgb_topic, rgb_type, typestore=TS),
+            "depth": writer.add_connection(depth_topic, depth_type, typestore=TS),
+            "info": writer.add_connection(REALSENSE_TOPICS["info"], "sensor_msgs/msg/CameraInfo", typestore=TS),
+            "other": writer.add_connection("/rosout_like", "std_msgs/msg/String", typestore=TS),
+        }
+        writer.write(connections["other"], T0_NS, TS.serialize_cdr(TS.types["std_msgs/msg/String"](data="x"),
+                                                                     "std_msgs/msg/String"))
+        for log, key, msg, msgtype in sorted(messages, key=lambda m: m[0]):
+            writer.write(connections[key], log, TS.serialize_cdr(msg, msgtype))
+    return Recording(path, synthetic, intrinsics, colour_ns, rgb_topic, depth_topic)
+
+
+@pytest.fixture(scope="module")
+def raw_mcap(tmp_path_factory) -> Recording:
+    return write_recording(tmp_path_factory.mktemp("bags") / "raw_mcap", "mcap")
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_both_storages_read_back_with_their_stamps(tmp_path: Path, storage: str, compressed: bool) -> None:
+    rec = write_recording(tmp_path / "bag", storage, colour="png" if compressed else "raw",
+                          depth="compressedDepth" if compressed else "raw")
+    with open_bag(rec.path) as reader:
+        streams = resolve_streams(reader, **REALSENSE_TOPICS)  # raw names: transport variants found
+        assert (streams.rgb.topic, streams.depth.topic) == (rec.rgb_topic, rec.depth_topic)
+        assert streams.rgb.compressed is compressed and streams.rgb.count == FRAMES
+        colours = [m for m in bag_messages(reader, streams) if m.role == "rgb"]
+        stamps = [header_stamp_ns(m.raw) for m in colours]
+        assert stamps == rec.colour_ns
+        for i, message in enumerate(colours):
+            msg = deserialize(message.raw, streams.rgb.msgtype)
+            assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamps[i]
+            assert msg.header.frame_id == FRAME_ID
+            assert np.array_equal(rgb_from_msg(msg), rec.frames[i].rgb)
+        depth = [m for m in bag_messages(reader, streams) if m.role == "depth"]
+        assert np.array_equal(depth_from_msg(deserialize(depth[0].raw, streams.depth.msgtype)), rec.frames[0].depth_mm)
+        assert streams.info.count == FRAMES
+    storage_file = next(rec.path.glob("*.mcap" if storage == "mcap" else "*.db3"))
+    with open_bag(storage_file) as reader:  # the storage file alone, as Foxglove users share them
+        assert resolve_streams(reader, **REALSENSE_TOPICS).rgb.count == FRAMES
+
+
+def test_missing_topics_list_what_the_bag_has(raw_mcap: Recording) -> None:
+    with open_bag(raw_mcap.path) as reader:
+        with pytest.raises(BagError) as caught:
+            resolve_streams(reader, rgb="/camera/color/image_raw", depth="/nope", info=REALSENSE_TOPICS["info"])
+        text = str(caught.value)
+        assert "rgb topic '/camera/color/image_raw' (--rgb-topic)" in text and "depth topic '/nope'" in text
+        for topic in (REALSENSE_TOPICS["rgb"], REALSENSE_TOPICS["depth"], REALSENSE_TOPICS["info"]):
+            assert topic in text
+        assert "/rosout_like" not in text  # only image and camera_info topics are listed
+        with pytest.raises(BagError, match="is sensor_msgs/msg/CameraInfo, expected"):
+            resolve_streams(reader, rgb=REALSENSE_TOPICS["info"], depth="", info="")
+        streams = resolve_streams(reader, rgb=REALSENSE_TOPICS["rgb"], depth="", info="")
+        assert streams.depth is None and streams.info is None
+        with pytest.raises(BagError, match="one topic cannot be two streams"):
+            resolve_streams(reader, rgb=REALSENSE_TOPICS["rgb"], depth=REALSENSE_TOPICS["rgb"], info="")
+    with pytest.raises(BagError, match="bag not found"):
+        with open_bag(raw_mcap.path.parent / "nothing_here"):
+            pass
+    with pytest.raises(BagError, match="cannot read"):
+        with open_bag(ROOT / "config"):
+            pass
+
+
+def test_header_stamps_are_read_without_deserialising() -> None:
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 456_789_012
+    from rclpy.serialization import serialize_message
+    assert header_stamp_ns(serialize_message(msg)) == 1_700_000_123_456_789_012
+    with pytest.raises(BagError, match="not a CDR message"):
+        header_stamp_ns(b"\x07")
