@@ -32,6 +32,7 @@ from m4sam_ros.depth import DepthConfig
 from m4sam_ros.learn.datasets import DatasetError
 from m4sam_ros.learn.synthetic import SyntheticConfig, SyntheticFrame, generate_video, write_video
 from m4sam_ros.msg import SalientObjectArray
+from m4sam_ros.offline_pairing import plan_frames
 from m4sam_ros.postprocess import CameraIntrinsics, PostprocessConfig
 from m4sam_ros.ros.bag_input import (REALSENSE_TOPICS, BagError, bag_messages, deserialize, header_stamp_ns,
                                      open_bag, resolve_streams)
@@ -197,3 +198,19 @@ def test_header_stamps_are_read_without_deserialising() -> None:
     assert header_stamp_ns(serialize_message(msg)) == 1_700_000_123_456_789_012
     with pytest.raises(BagError, match="not a CDR message"):
         header_stamp_ns(b"\x07")
+
+
+# -- the offline pairing rule --------------------------------------------------------------------
+
+def test_offline_pairing_rule() -> None:
+    ms = 1_000_000
+    rgb = [0, 100 * ms, 200 * ms, 300 * ms, 400 * ms]
+    depth = [3 * ms, 96 * ms, 104 * ms, 240 * ms, 400 * ms, 400 * ms]
+    info = [0, 200 * ms, 200 * ms, 350 * ms]
+    plans = plan_frames(rgb, depth, info, slop_ns=15 * ms)
+    assert [p.depth for p in plans] == [0, 1, None, None, 4]  # tie 96/104 -> earlier; 240 too far; equal -> first
+    assert [p.skew_ns for p in plans] == [3 * ms, -4 * ms, None, None, 0]
+    assert [p.info for p in plans] == [0, 0, 2, 2, 3]  # latest at or before; equal stamps -> last recorded
+    assert plan_frames([5], [], [10], slop_ns=0)[0] == plan_frames([5], [], [], 0)[0]  # info after: none
+    with pytest.raises(ValueError):
+        plan_frames([0], [0], [0], slop_ns=-1)
