@@ -39,6 +39,7 @@ from m4sam_ros.ros.bag_input import (REALSENSE_TOPICS, BagError, bag_messages, d
 from m4sam_ros.ros.conversions import depth_from_msg, rgb_from_msg
 from m4sam_ros.ros.parameters import defaults
 from m4sam_ros.ros.player import folder_frames
+from m4sam_ros.ros.settings_file import SettingsError, load_settings
 from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +215,30 @@ def test_offline_pairing_rule() -> None:
     assert plan_frames([5], [], [10], slop_ns=0)[0] == plan_frames([5], [], [], 0)[0]  # info after: none
     with pytest.raises(ValueError):
         plan_frames([0], [0], [0], slop_ns=-1)
+
+
+# -- the node's settings from its YAML ------------------------------------------------------------
+
+def test_settings_file_is_read_as_the_node_reads_it(tmp_path: Path) -> None:
+    assert load_settings(ROOT / "config" / "m4sam.yaml") == load_settings()
+    settings = load_settings(ROOT / "config" / "m4sam.yaml", ["model.preset:=test", "sync.slop:=0.03"])
+    assert settings.model.preset == "test" and settings.sync.slop == 0.03
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("m4sam_saliency:\n  ros__parameters:\n    model:\n      image_size: 256\n")
+    assert load_settings(custom).model.image_size == 256
+    bad = {
+        "sync.slop:=1": "write a decimal point",
+        "sync.slop:=5.0": "outside",
+        "model.image_size:=100": "multiple of 32",
+        "model.preset:=huge": "must be one of",
+        "modle.preset:=test": "unknown parameter",
+        "model.preset": "name:=value",
+    }
+    for override, message in bad.items():
+        with pytest.raises(SettingsError, match=message):
+            load_settings(None, [override])
+    other = tmp_path / "other.yaml"
+    other.write_text("camera:\n  ros__parameters:\n    fps: 30\n")
+    with pytest.raises(SettingsError, match="no parameters for m4sam_saliency"):
+        load_settings(other)
+    assert set(defaults()) >= {"sync.slop", "model.preset"}
