@@ -36,6 +36,7 @@ from m4sam_ros.offline_pairing import plan_frames
 from m4sam_ros.postprocess import CameraIntrinsics, PostprocessConfig
 from m4sam_ros.ros.bag_input import (REALSENSE_TOPICS, BagError, bag_messages, deserialize, header_stamp_ns,
                                      open_bag, resolve_streams)
+from m4sam_ros.ros.bag_output import message_definition_dir
 from m4sam_ros.ros.conversions import depth_from_msg, rgb_from_msg
 from m4sam_ros.ros.parameters import defaults
 from m4sam_ros.ros.player import folder_frames
@@ -242,3 +243,108 @@ def test_settings_file_is_read_as_the_node_reads_it(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="no parameters for m4sam_saliency"):
         load_settings(other)
     assert set(defaults()) >= {"sync.slop", "model.preset"}
+
+
+# -- m4sam run ------------------------------------------------------------------------------------
+
+def read_outputs(path: Path) -> dict[str, list]:
+    out: dict[str, list] = {}
+    classes = {"/saliency/mask": Image, "/saliency/objects": SalientObjectArray, "/saliency/overlay": Image,
+               "/saliency/probability": Image}
+    with Reader(path) as reader:
+        for connection, log_ns, raw in reader.messages():
+            if connection.topic in classes:
+                out.setdefault(connection.topic, []).append((log_ns, deserialize_message(raw, classes[connection.topic])))
+            else:
+                out.setdefault(connection.topic, []).append((log_ns, None))
+    return out
+
+
+def expected_masks(rec: Recording) -> list[np.ndarray]:
+    """SaliencyTracker.step on the recording's frames, with the node's default settings spelled out."""
+    config = TrackerConfig(image_size=64, num_memory_frames=6, gap_timeout_s=1.0, lost_score_threshold=0.1,
+                           lost_patience_frames=15, mode="learned", depth=DepthConfig(min_m=0.1, max_m=10.0),
+                           postprocess=PostprocessConfig(threshold=0.5, min_area_fraction=0.001, max_objects=10))
+    tracker = SaliencyTracker.from_settings(preset="test", image_size=64, seed=0, config=config)
+    masks = []
+    for i, frame in enumerate(rec.frames):
+        stamp = rec.colour_ns[i]
+        stamp_s = stamp // 10**9 + (stamp % 10**9) * 1e-9
+        masks.append(tracker.step(frame.rgb, rec.expected_depth(i), stamp_s, rec.intrinsics).mask * 255)
+    return masks
+
+
+@pytest.mark.parametrize("storage,colour,depth,extra", [("sqlite3", "raw", "raw", "--overlay"),
+                                                         ("mcap", "png", "compressedDepth", "--probability")])
+def test_run_writes_the_trackers_masks_with_the_input_headers(tmp_path: Path, storage: str, colour: str,
+                                                              depth: str, extra: str) -> None:
+    rec = write_recording(tmp_path / "in", storage, colour, depth)
+    out = tmp_path / "out"
+    assert m4sam(["run", "--bag", str(rec.path), "--out", str(out), extra, *MODEL]) == 0
+    outputs = read_outputs(out)
+    assert set(outputs) == {*OUTPUTS, "/saliency/" + extra[2:]}
+    for _, msg in outputs["/saliency/" + extra[2:]]:
+        assert (msg.encoding, msg.width, msg.height) == ("bgr8" if extra == "--overlay" else "32FC1", WIDTH, HEIGHT)
+    masks = outputs["/saliency/mask"]
+    assert len(masks) == FRAMES, "every colour frame is processed offline"
+    for (log_ns, msg), expected, stamp in zip(masks, expected_masks(rec), rec.colour_ns):
+        assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp
+        assert msg.header.frame_id == FRAME_ID and log_ns == stamp + 5_000_000  # the colour frame's record time
+        assert msg.encoding == "mono8" and (msg.width, msg.height) == (WIDTH, HEIGHT)
+        assert np.array_equal(np.frombuffer(msg.data, np.uint8).reshape(HEIGHT, WIDTH), expected)
+    assert [m.header for _, m in outputs["/saliency/objects"]] == [m.header for _, m in masks]
+    assert len(outputs["/saliency/markers"]) == FRAMES
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == {"colour": FRAMES, "processed": FRAMES, "with_depth": FRAMES - 2, "rgb_only": 2,
+                                 "skipped": 0}
+    assert summary["written"]["/saliency/mask"] == FRAMES and not summary["interrupted"]
+    assert summary["pairing"]["abs_skew_ms"]["max"] == pytest.approx(3.0)
+
+
+def test_run_skips_undecodable_frames_and_goes_on(tmp_path: Path) -> None:
+    rec = write_recording(tmp_path / "in", "mcap", colour="png", depth="compressedDepth", frames=4)
+    corrupt = tmp_path / "corrupt"
+    with Reader(rec.path) as reader, Writer(corrupt, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connections = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=TS) for c in reader.connections}
+        seen: dict[str, int] = {}
+        for connection, log_ns, raw in reader.messages():
+            index = seen[connection.topic] = seen.get(connection.topic, -1) + 1
+            if (connection.topic, index) in ((rec.rgb_topic, 1), (rec.depth_topic, 2)):
+                msg = TS.deserialize_cdr(raw, connection.msgtype)
+                msg.data = msg.data[:len(msg.data) // 2]  # truncated in transit
+                raw = TS.serialize_cdr(msg, connection.msgtype)
+            writer.write(connections[connection.id], log_ns, raw)
+    out = tmp_path / "out"
+    assert m4sam(["run", "--bag", str(corrupt), "--out", str(out), *MODEL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"]["processed"] == 3 and summary["skipped"] == {"colour_unusable": 1}
+    assert summary["notes"] == {"depth_decode": 1}  # frame 2's depth; frame 3 has none
+    assert summary["frames"]["with_depth"] == 1 and summary["frames"]["rgb_only"] == 2
+    assert "corrupt or truncated" in " ".join(summary["examples"])
+    assert len(read_outputs(out)["/saliency/mask"]) == 3
+
+
+def test_run_refuses_bad_arguments_with_the_fix(tmp_path: Path, raw_mcap: Recording, capsys) -> None:
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    assert m4sam(["run", "--bag", str(raw_mcap.path), "--out", str(existing), *MODEL]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert m4sam(["run", "--bag", str(raw_mcap.path), "--out", str(tmp_path / "o"), "-p", "sync.slop:=2"]) == 2
+    assert "decimal point" in capsys.readouterr().err
+    assert m4sam(["run", "--bag", str(raw_mcap.path), "--out", str(tmp_path / "o"), "--rgb-topic", "/x", *MODEL]) == 1
+    err = capsys.readouterr().err
+    assert "rgb topic '/x'" in err and REALSENSE_TOPICS["rgb"] in err
+    assert not (tmp_path / "o").exists(), "nothing is written when the input is wrong"
+
+
+def test_output_types_carry_rosidl_hashes(tmp_path: Path, raw_mcap: Recording) -> None:
+    """The bag's type hash of our own message equals the one rosidl generated (ros2 bag checks it)."""
+    out = tmp_path / "out"
+    assert m4sam(["run", "--bag", str(raw_mcap.path), "--out", str(out), "--info-topic", "", *MODEL]) == 0
+    generated = message_definition_dir() / "SalientObjectArray.json"
+    with Reader(out) as reader:
+        digests = {c.topic: c.digest for c in reader.connections}
+    if generated.is_file():
+        expected = json.loads(generated.read_text())["type_hashes"][0]["hash_string"]
+        assert digests["/saliency/objects"] == expected
+    assert digests["/saliency/mask"] == TS.hash_rihs01("sensor_msgs/msg/Image")
