@@ -348,3 +348,118 @@ def test_output_types_carry_rosidl_hashes(tmp_path: Path, raw_mcap: Recording) -
         expected = json.loads(generated.read_text())["type_hashes"][0]["hash_string"]
         assert digests["/saliency/objects"] == expected
     assert digests["/saliency/mask"] == TS.hash_rihs01("sensor_msgs/msg/Image")
+
+
+# -- the player and the node ----------------------------------------------------------------------
+
+def _player(bag: Path, namespace: str, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "m4sam_ros.ros.player", "--bag", str(bag), *extra,
+               "--ros-args", "-r", f"__ns:={namespace}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> str:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = process.communicate()[0]
+    return output.decode(errors="replace") if output else ""
+
+
+def _spin(node: Node, seconds: float, until=lambda: False) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not until():
+        rclpy.spin_once(node, timeout_sec=0.05)
+
+
+def test_player_refuses_missing_topics_listing_the_bags(raw_mcap: Recording) -> None:
+    result = subprocess.run([sys.executable, "-m", "m4sam_ros.ros.player", "--bag", str(raw_mcap.path),
+                             "--depth-topic", "/camera/depth/image_rect_raw"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "depth topic '/camera/depth/image_rect_raw'" in result.stderr
+    assert REALSENSE_TOPICS["depth"] in result.stderr and "sensor_msgs/msg/Image" in result.stderr
+
+
+def test_player_republishes_recorded_stamps_decoded_at_the_recorded_pace(tmp_path: Path) -> None:
+    rec = write_recording(tmp_path / "bag", "sqlite3", colour="jpeg", depth="compressedDepth")
+    rclpy.init()
+    node = Node("bag_probe")
+    got: dict[str, list] = {"rgb": [], "depth": [], "info": []}
+    qos = QoSProfile(depth=50)
+    node.create_subscription(Image, "/play/rgb/image", lambda m: got["rgb"].append((time.monotonic(), m)), qos)
+    node.create_subscription(Image, "/play/depth/image", lambda m: got["depth"].append(m), qos)
+    node.create_subscription(CameraInfo, "/play/rgb/camera_info", lambda m: got["info"].append(m), qos)
+    process = _player(rec.path, "/play", "--rate", "2.0", "--wait-for-subscribers", "30")
+    try:
+        _spin(node, 60, until=lambda: process.poll() is not None)
+        _spin(node, 1.0)
+    finally:
+        output = _stop(process)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    assert process.returncode == 0, output
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in got["rgb"]]
+    assert stamps == rec.colour_ns, "every frame, with the recorded stamps, in order"
+    first = got["rgb"][0][1]
+    assert first.encoding == "rgb8" and first.header.frame_id == FRAME_ID
+    assert np.abs(rgb_from_msg(first).astype(int) - rec.frames[0].rgb).mean() < 4.0  # decoded jpeg
+    assert got["depth"][0].encoding == "16UC1"
+    assert np.array_equal(depth_from_msg(got["depth"][0]), rec.frames[0].depth_mm)  # lossless png
+    assert len(got["depth"]) == FRAMES - 1 and len(got["info"]) == FRAMES
+    assert list(got["info"][0].k) == [rec.intrinsics.fx, 0, rec.intrinsics.cx, 0, rec.intrinsics.fy,
+                                      rec.intrinsics.cy, 0, 0, 1]
+    span = got["rgb"][-1][0] - got["rgb"][0][0]
+    recorded = (FRAMES - 1) * PERIOD_NS * 1e-9
+    assert 0.5 * recorded / 2.0 < span < recorded, f"--rate 2: {span:.2f} s for {recorded:.2f} s recorded"
+
+
+def test_player_loops_with_the_recorded_stamps(tmp_path: Path) -> None:
+    rec = write_recording(tmp_path / "bag", "mcap", frames=4)
+    rclpy.init()
+    node = Node("loop_probe")
+    stamps: list[int] = []
+    node.create_subscription(Image, "/loop/rgb/image",
+                             lambda m: stamps.append(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec), 50)
+    process = _player(rec.path, "/loop", "--loop", "--rate", "4", "--wait-for-subscribers", "30")
+    try:
+        _spin(node, 60, until=lambda: len(stamps) >= 10 or process.poll() is not None)
+    finally:
+        output = _stop(process)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    assert len(stamps) >= 10, output
+    assert stamps[:10] == (rec.colour_ns * 3)[:10], "each pass replays the recorded stamps"
+
+
+@pytest.mark.slow
+def test_bag_played_into_the_node_gives_masks_with_the_bags_stamps(tmp_path: Path) -> None:
+    rec = write_recording(tmp_path / "bag", "mcap", frames=20)
+    rclpy.init()
+    node = Node("bag_mask_probe")
+    masks: list[Image] = []
+    node.create_subscription(Image, "/bagnode/saliency/mask", masks.append, QoSProfile(depth=50))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = tmp_path / "node.log"
+    with open(log, "wb") as out:
+        saliency = subprocess.Popen(
+            [sys.executable, "-m", "m4sam_ros.ros.saliency_node", "--ros-args", "-r", "__ns:=/bagnode",
+             "-p", "model.preset:=test", "-p", "model.image_size:=64", "-p", "engine.num_threads:=1"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    player = _player(rec.path, "/bagnode", "--wait-for-subscribers", "120")
+    try:
+        _spin(node, 150, until=lambda: player.poll() is not None or saliency.poll() is not None)
+        _spin(node, 3.0, until=lambda: len(masks) >= 20)
+    finally:
+        player_output = _stop(player)
+        _stop(saliency)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    assert player.returncode == 0, player_output
+    assert len(masks) >= 5, f"{len(masks)} masks; node log:\n{log.read_text()[-2000:]}"
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in masks]
+    assert set(stamps) <= set(rec.colour_ns), "masks carry the bag's stamps"
+    assert stamps == sorted(stamps) and all(m.header.frame_id == FRAME_ID for m in masks)
