@@ -29,6 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from m4sam_ros.cli import main as m4sam
 from m4sam_ros.compressed import encode_colour, encode_depth
 from m4sam_ros.depth import DepthConfig
+from m4sam_ros.learn.camera_file import read_camera_file, video_intrinsics
 from m4sam_ros.learn.datasets import DatasetError
 from m4sam_ros.learn.synthetic import SyntheticConfig, SyntheticFrame, generate_video, write_video
 from m4sam_ros.msg import SalientObjectArray
@@ -348,6 +349,25 @@ def test_output_types_carry_rosidl_hashes(tmp_path: Path, raw_mcap: Recording) -
         expected = json.loads(generated.read_text())["type_hashes"][0]["hash_string"]
         assert digests["/saliency/objects"] == expected
     assert digests["/saliency/mask"] == TS.hash_rihs01("sensor_msgs/msg/Image")
+
+
+# -- camera.json ----------------------------------------------------------------------------------
+
+def test_player_uses_a_videos_camera_json(tmp_path: Path) -> None:
+    write_video(tmp_path, "clip", SyntheticConfig(width=64, height=48, frames=2, seed=1))
+    write_video(tmp_path, "plain", SyntheticConfig(width=64, height=48, frames=1, seed=2))
+    (tmp_path / "clip" / "camera.json").write_text(json.dumps(
+        {"width": 128, "height": 96, "fx": 100.0, "fy": 101.0, "cx": 63.5, "cy": 47.5}))
+    frames = list(folder_frames(str(tmp_path), "generic", None, None))
+    clip, plain = frames[0].intrinsics, frames[-1].intrinsics
+    assert (clip.fx, clip.fy, clip.cx, clip.cy) == (50.0, 50.5, 31.5, 23.5)  # scaled to the 64x48 frames
+    assert plain.fx == pytest.approx(0.9 * 64)  # no file: the default
+    assert video_intrinsics(tmp_path / "plain", 64, 48) is None
+    for bad, message in [({"width": 64}, "missing height"), ({**json.loads((tmp_path / "clip" / "camera.json")
+                         .read_text()), "fx": "wide"}, "fx must be a finite number")]:
+        (tmp_path / "clip" / "camera.json").write_text(json.dumps(bad))
+        with pytest.raises(DatasetError, match=message):
+            read_camera_file(tmp_path / "clip" / "camera.json")
 
 
 # -- the player and the node ----------------------------------------------------------------------

@@ -7,7 +7,8 @@ synthetic stream, so the saliency node can be run without a camera. Folders and
 synthetic streams go out at a chosen rate with fresh stamps. Depth goes out as 16UC1
 millimetres when stored as 16-bit; an 8-bit benchmark depth PNG has no metric scale, so
 it goes out as 32FC1 metres chosen so that the node's one normalisation
-(``m4sam_ros.depth``) gives back exactly the stored values.
+(``m4sam_ros.depth``) gives back exactly the stored values. camera_info carries a
+video's ``camera.json`` intrinsics when it has one, else a ~58 degree field of view.
 
     m4sam_player --bag recording/ --rate 0.5 --loop
     m4sam_player --bag robot.mcap --rgb-topic /head/color/image_raw/compressed --depth-topic ''
@@ -102,6 +103,7 @@ def synthetic_frames(width: int, height: int, frames: int, seed: int) -> Iterato
 
 
 def folder_frames(root: str, layout: str, split: str | None, video: str | None) -> Iterator[PlayerFrame]:
+    from m4sam_ros.learn.camera_file import video_intrinsics
     from m4sam_ros.learn.datasets import open_dataset, read_depth, read_rgb
 
     dataset = open_dataset(root, layout=layout, split=split, videos=[video] if video else None)
@@ -110,7 +112,9 @@ def folder_frames(root: str, layout: str, split: str | None, video: str | None) 
         for frame in record.frames:
             rgb = read_rgb(frame.rgb)
             depth = read_depth(frame.depth) if frame.depth is not None else None
-            yield PlayerFrame(rgb, depth, default_intrinsics(rgb.shape[1], rgb.shape[0]))
+            height, width = rgb.shape[:2]
+            intrinsics = video_intrinsics(record.path, width, height) or default_intrinsics(width, height)
+            yield PlayerFrame(rgb, depth, intrinsics)
 
 
 def play_bag(node: Node, args: argparse.Namespace) -> BagPlayer:
