@@ -461,7 +461,7 @@ def test_bag_played_into_the_node_gives_masks_with_the_bags_stamps(tmp_path: Pat
     rclpy.init()
     node = Node("bag_mask_probe")
     masks: list[Image] = []
-    node.create_subscription(Image, "/bagnode/saliency/mask", masks.append, QoSProfile(depth=50))
+    probe = node.create_subscription(Image, "/bagnode/saliency/mask", masks.append, QoSProfile(depth=50))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = tmp_path / "node.log"
     with open(log, "wb") as out:
@@ -469,16 +469,20 @@ def test_bag_played_into_the_node_gives_masks_with_the_bags_stamps(tmp_path: Pat
             [sys.executable, "-m", "m4sam_ros.ros.saliency_node", "--ros-args", "-r", "__ns:=/bagnode",
              "-p", "model.preset:=test", "-p", "model.image_size:=64", "-p", "engine.num_threads:=1"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    player = _player(rec.path, "/bagnode", "--wait-for-subscribers", "120")
+    player = None
     try:
+        # masks published before our subscription matches the node's publisher are lost to us
+        _spin(node, 120, until=lambda: probe.get_publisher_count() > 0 or saliency.poll() is not None)
+        # half speed: the node's first frame (warm-up) is slow and it keeps only the latest pair
+        player = _player(rec.path, "/bagnode", "--wait-for-subscribers", "60", "--rate", "0.5")
         _spin(node, 150, until=lambda: player.poll() is not None or saliency.poll() is not None)
         _spin(node, 3.0, until=lambda: len(masks) >= 20)
     finally:
-        player_output = _stop(player)
+        player_output = _stop(player) if player is not None else ""
         _stop(saliency)
         node.destroy_node()
         rclpy.try_shutdown()
-    assert player.returncode == 0, player_output
+    assert player is not None and player.returncode == 0, player_output + log.read_text()[-2000:]
     assert len(masks) >= 5, f"{len(masks)} masks; node log:\n{log.read_text()[-2000:]}"
     stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in masks]
     assert set(stamps) <= set(rec.colour_ns), "masks carry the bag's stamps"
