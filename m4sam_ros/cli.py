@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("m4sam_ros.ros.demo", "run the node on a generated RGB-D stream and report FPS and accuracy"),
+    "run": ("m4sam_ros.ros.offline", "track every frame of a recorded bag offline; write the node's outputs to a bag"),
     "export": ("m4sam_ros.tools.export", "export the encoder and memory attention to ONNX and check ONNX Runtime parity"),
     "build-engine": ("m4sam_ros.tools.build_engine", "build (and cache) TensorRT engines ahead of time"),
     "bench": ("m4sam_ros.tools.bench", "per-stage latency, FPS and memory, side by side with SAM2's own tracking"),

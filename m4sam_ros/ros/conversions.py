@@ -1,4 +1,8 @@
-"""ROS messages <-> the numpy/dataclass world of the tracker (no cv_bridge: not pip-installable)."""
+"""ROS messages <-> the numpy/dataclass world of the tracker (no cv_bridge: not pip-installable).
+
+Images may be raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, decoded by
+``m4sam_ros.compressed``); both kinds give the same arrays and raise the same error types.
+"""
 from __future__ import annotations
 
 import array
@@ -7,9 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Vector3
-from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 
+from m4sam_ros.compressed import check_compressed, decode_colour, decode_depth
 from m4sam_ros.encodings import (
     COLOUR_ENCODINGS,
     DEPTH_ENCODINGS,
@@ -32,25 +37,33 @@ def stamp_seconds(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def check_image(msg: Image, role: str) -> None:
-    """Cheap validity check for a callback: encoding allowed for ``role`` ('colour'/'depth') and layout.
+def check_image(msg: Image | CompressedImage, role: str) -> None:
+    """Cheap validity check for a callback: encoding allowed for ``role`` ('colour'/'depth') and layout
+    (for a compressed image: its format and file header).
 
     Raises UnsupportedEncodingError or ImageLayoutError naming what is wrong.
     """
+    if isinstance(msg, CompressedImage):
+        check_compressed(msg, role)
+        return
     allowed = COLOUR_ENCODINGS if role == "colour" else DEPTH_ENCODINGS
     if msg.encoding not in allowed:
         raise UnsupportedEncodingError(msg.encoding, allowed, role=role)
     check_layout(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
 
 
-def rgb_from_msg(msg: Image) -> np.ndarray:
+def rgb_from_msg(msg: Image | CompressedImage) -> np.ndarray:
     """(H, W, 3) uint8 RGB; a view of the message buffer for rgb8/rgba8."""
+    if isinstance(msg, CompressedImage):
+        return decode_colour(msg)
     return to_rgb(decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data),
                   msg.encoding)
 
 
-def depth_from_msg(msg: Image) -> np.ndarray:
+def depth_from_msg(msg: Image | CompressedImage) -> np.ndarray:
     """(H, W) uint16 millimetres (16UC1) or float32 metres (32FC1), native byte order."""
+    if isinstance(msg, CompressedImage):
+        return decode_depth(msg)
     if msg.encoding not in DEPTH_ENCODINGS:
         raise UnsupportedEncodingError(msg.encoding, DEPTH_ENCODINGS, role="depth")
     return to_depth(decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data),

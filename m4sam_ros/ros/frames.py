@@ -4,16 +4,18 @@ Sizes are checked, never trusted: aligned depth sometimes arrives unaligned or a
 resolution (realsense-ros PR #2793). Depth with the RGB aspect ratio is fitted to the RGB
 size (``depth.fit_depth``, the one depth resize of the package); depth with
 another aspect ratio cannot be aligned here, so that frame runs RGB-only. Every such
-decision comes back as a ``FrameNote`` for the log and diagnostics.
+decision comes back as a ``FrameNote`` for the log and diagnostics, as does a depth image
+that cannot be decoded (corrupt compressed data): that frame runs RGB-only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from m4sam_ros.depth import fit_depth
+from m4sam_ros.encodings import ImageLayoutError, UnsupportedEncodingError
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.ros.conversions import depth_from_msg, intrinsics_from_info, rgb_from_msg, stamp_seconds
 
@@ -26,7 +28,7 @@ ASPECT_TOLERANCE = 0.02
 class FrameNote:
     """Something about the input worth a (throttled) log line and a diagnostics entry."""
 
-    kind: str          # stable key: "depth_size", "depth_nonfinite", "depth_empty", "camera_info"
+    kind: str          # stable key: "depth_size", "depth_nonfinite", "depth_empty", "depth_decode", "camera_info"
     message: str
     warning: bool = True
 
@@ -54,8 +56,13 @@ def fit_depth_to_rgb(depth: np.ndarray, height: int, width: int) -> tuple[np.nda
         "(not aligned to colour?): depth dropped, frame runs RGB-only")
 
 
-def prepare_frame(rgb_msg: Image, depth_msg: Image | None, info: CameraInfo | None) -> PreparedFrame:
-    """Decode one pair whose messages passed ``check_image``; problems come back as notes."""
+def prepare_frame(rgb_msg: Image | CompressedImage, depth_msg: Image | CompressedImage | None,
+                  info: CameraInfo | None) -> PreparedFrame:
+    """Decode one pair whose messages passed ``check_image``; problems come back as notes.
+
+    Raw images that passed the check always decode; compressed ones can still be corrupt:
+    bad colour raises (the frame cannot run), bad depth becomes a note and RGB-only.
+    """
     rgb = rgb_from_msg(rgb_msg)
     height, width = rgb.shape[:2]
     frame = PreparedFrame(rgb=rgb, depth=None, stamp=stamp_seconds(rgb_msg.header.stamp), intrinsics=None)
@@ -70,7 +77,12 @@ def prepare_frame(rgb_msg: Image, depth_msg: Image | None, info: CameraInfo | No
                                                             "objects have no 3D"))
     if depth_msg is None:
         return frame
-    depth, note = fit_depth_to_rgb(depth_from_msg(depth_msg), height, width)
+    try:
+        decoded = depth_from_msg(depth_msg)
+    except (ImageLayoutError, UnsupportedEncodingError) as exc:
+        frame.notes.append(FrameNote("depth_decode", f"depth unusable ({exc}): frame runs RGB-only"))
+        return frame
+    depth, note = fit_depth_to_rgb(decoded, height, width)
     if note is not None:
         frame.notes.append(note)
     if depth is not None and depth.dtype == np.float32:

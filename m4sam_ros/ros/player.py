@@ -1,12 +1,17 @@
 """``m4sam_player``: publish an RGB-D video as a camera would (RGB, depth, camera_info).
 
-Replays a folder in any layout ``m4sam_ros.learn.datasets`` reads (generic
+Replays a recorded rosbag2 (``--bag``, sqlite3 or mcap: see ``bag_player``) with its own
+stamps and timing, a folder in any layout ``m4sam_ros.learn.datasets`` reads (generic
 ``<root>/<video>/{rgb,depth,gt}/<frame>.png``, RDVS, ViDSOD-100, DViSal), or a generated
-synthetic stream, at a chosen rate, with fresh stamps, so the saliency node can be run
-without a camera. Depth goes out as 16UC1 millimetres when stored as 16-bit; an 8-bit
-benchmark depth PNG has no metric scale, so it goes out as 32FC1 metres chosen so that the
-node's one normalisation (``m4sam_ros.depth``) gives back exactly the stored values.
+synthetic stream, so the saliency node can be run without a camera. Folders and
+synthetic streams go out at a chosen rate with fresh stamps. Depth goes out as 16UC1
+millimetres when stored as 16-bit; an 8-bit benchmark depth PNG has no metric scale, so
+it goes out as 32FC1 metres chosen so that the node's one normalisation
+(``m4sam_ros.depth``) gives back exactly the stored values. camera_info carries a
+video's ``camera.json`` intrinsics when it has one, else a ~58 degree field of view.
 
+    m4sam_player --bag recording/ --rate 0.5 --loop
+    m4sam_player --bag robot.mcap --rgb-topic /head/color/image_raw/compressed --depth-topic ''
     m4sam_player --synthetic --rate 15
     m4sam_player --root data/RDVS --layout rdvs --video bear --rate 10 --loop
 """
@@ -28,7 +33,11 @@ from std_msgs.msg import Header
 
 from m4sam_ros.depth import DepthConfig
 from m4sam_ros.postprocess import CameraIntrinsics
+from m4sam_ros.ros.bag_input import add_topic_arguments
+from m4sam_ros.ros.bag_player import BagPlayer
 from m4sam_ros.ros.conversions import image_msg, stamp_seconds
+
+FOLDER_RATE_HZ = 15.0
 
 
 @dataclass
@@ -94,6 +103,7 @@ def synthetic_frames(width: int, height: int, frames: int, seed: int) -> Iterato
 
 
 def folder_frames(root: str, layout: str, split: str | None, video: str | None) -> Iterator[PlayerFrame]:
+    from m4sam_ros.learn.camera_file import video_intrinsics
     from m4sam_ros.learn.datasets import open_dataset, read_depth, read_rgb
 
     dataset = open_dataset(root, layout=layout, split=split, videos=[video] if video else None)
@@ -102,7 +112,19 @@ def folder_frames(root: str, layout: str, split: str | None, video: str | None) 
         for frame in record.frames:
             rgb = read_rgb(frame.rgb)
             depth = read_depth(frame.depth) if frame.depth is not None else None
-            yield PlayerFrame(rgb, depth, default_intrinsics(rgb.shape[1], rgb.shape[0]))
+            height, width = rgb.shape[:2]
+            intrinsics = video_intrinsics(record.path, width, height) or default_intrinsics(width, height)
+            yield PlayerFrame(rgb, depth, intrinsics)
+
+
+def play_bag(node: Node, args: argparse.Namespace) -> BagPlayer:
+    """Replay ``args.bag`` through the camera's publishers; returns the finished ``BagPlayer``."""
+    camera = CameraPublishers(node, frame_id=args.frame_id, reliable=not args.best_effort)
+    player = BagPlayer(node, {"rgb": camera.rgb, "depth": camera.depth, "info": camera.info}, args.bag,
+                       {"rgb": args.rgb_topic, "depth": args.depth_topic, "info": args.info_topic},
+                       rate=args.rate, loop=args.loop, wait_for_subscribers=args.wait_for_subscribers)
+    player.play()
+    return player
 
 
 class PlayerNode(Node):
@@ -155,12 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--synthetic", action="store_true", help="play a generated RGB-D video")
     source.add_argument("--root", help="dataset folder to replay")
+    source.add_argument("--bag", help="rosbag2 to replay (folder, .db3 or .mcap) with its recorded stamps")
     parser.add_argument("--layout", default="auto", help="auto, generic, rdvs, vidsod100, dvisal")
     parser.add_argument("--split", default=None, help="dataset split (RDVS/ViDSOD-100: train/test)")
     parser.add_argument("--video", default=None, help="only this video of the dataset")
-    parser.add_argument("--rate", type=float, default=15.0, help="frames per second")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="--bag: speed factor (default 1.0 = as recorded, 2.0 = twice as fast); "
+                             f"otherwise frames per second (default {FOLDER_RATE_HZ:g})")
     parser.add_argument("--loop", action="store_true", help="start over at the end")
-    parser.add_argument("--frame-id", default="camera_color_optical_frame", help="header.frame_id")
+    parser.add_argument("--frame-id", default="camera_color_optical_frame",
+                        help="header.frame_id (a bag keeps its recorded headers)")
+    add_topic_arguments(parser)
     parser.add_argument("--best-effort", action="store_true", help="BEST_EFFORT instead of RELIABLE QoS")
     parser.add_argument("--wait-for-subscribers", type=float, default=5.0, metavar="SECONDS",
                         help="hold the first frame until rgb/image has a subscriber, at most this long (0: no wait)")
@@ -174,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = rclpy.utilities.remove_ros_args(list(sys.argv if argv is None else ["m4sam_player", *argv]))
     args = build_parser().parse_args(args_in[1:])
+    if args.rate is None:
+        args.rate = 1.0 if args.bag else FOLDER_RATE_HZ
     if args.rate <= 0:
         print("m4sam_player: --rate must be > 0", file=sys.stderr)
         return 2
@@ -183,13 +212,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rclpy.init(args=None if argv is None else list(argv))
     node = None
     try:
-        node = PlayerNode(args)
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        node.get_logger().info(f"done: {node.published} frames published")
+        if args.bag:
+            node = Node("m4sam_player")
+            player = play_bag(node, args)
+            node.get_logger().info(f"done: {player.published} frames published"
+                                   + (f", {player.skipped} undecodable messages skipped" if player.skipped else ""))
+        else:
+            node = PlayerNode(args)
+            while rclpy.ok() and not node.done:
+                rclpy.spin_once(node, timeout_sec=0.1)
+            node.get_logger().info(f"done: {node.published} frames published")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as error:  # unreadable dataset: the reader names the file
+    except ValueError as error:  # unreadable dataset or bag, missing topic: the message names it
         print(f"m4sam_player: {error}", file=sys.stderr)
         return 1
     finally:
