@@ -176,3 +176,18 @@ def test_fp16_gradscaler_step_and_resume_state_on_cuda(tmp_path):
     resumed = Trainer(_config(tmp_path, "cuda", device="cuda", amp="auto", resume=str(checkpoint)))
     resumed.load_checkpoint(checkpoint)
     assert resumed.step == 1 and resumed.scaler.get_scale() == trainer.scaler.get_scale()
+
+
+@pytest.mark.slow
+def test_rendered_scenes_train_and_score_their_held_out_split(tmp_path):
+    """--rendered-videos renders robot scenes (train split) to train on; --val-rendered-videos scores
+    the val split (objects and layouts training never saw) next to the 2-D set."""
+    config = _config(tmp_path, "rendered", rendered_videos=2, rendered_frames=3, rendered_height=48, rendered_width=64,
+                     val_rendered_videos=1, val_videos=1, steps=2, synthetic_videos=None)
+    assert config.synthetic_videos == 0  # rendered videos given: no 2-D videos unless asked for
+    result = Trainer(config).run()
+    assert set(result.evaluation) == {"rendered", "synthetic"}
+    rendered = result.evaluation["rendered"]
+    assert rendered["settings"]["videos"] == 1 and 0.0 <= rendered["dataset"]["s_measure"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "rendered" / "rendered" / "val").glob("val_*")) == ["val_00000"]
+    assert len(list((tmp_path / "rendered" / "rendered" / "train").glob("train_*"))) == 2

@@ -52,7 +52,7 @@ LOG_COLUMNS = ("step", "lr", "loss", "bce", "iou", "object", "grad_norm", "clips
 # Settings a resume may change. All but `steps` keep the run bit-exact; a new `steps` is
 # allowed (to train longer) but reshapes the cosine schedule from the resume point on.
 _RESUMABLE_CHANGES = {"resume", "checkpoint_every", "progress", "threads", "out_dir", "adapter_out", "sam2_weights_out",
-                      "val_data", "val_layout", "val_split", "val_videos", "steps"}
+                      "val_data", "val_layout", "val_split", "val_videos", "val_rendered_videos", "steps"}
 
 
 def _help(text: str, **extra) -> dict:
@@ -76,11 +76,17 @@ class TrainConfig:
         "DEMO ONLY: train ALL parameters (SAM2 too), for a small preset without a SAM2 checkpoint"))
     seed: int = field(default=0, metadata=_help("seed of model init, clip draws, dropout"))
     # data
-    data: str | None = field(default=None, metadata=_help("dataset root; none = generate synthetic videos"))
+    data: str | None = field(default=None, metadata=_help("dataset root (added to the generated videos below)"))
     layout: str = field(default="auto", metadata=_help("dataset layout", choices=list(LAYOUTS)))
     split: str = field(default="train", metadata=_help("dataset split (train/test; DViSal: split-list name)"))
     depth_folder: str | None = field(default=None, metadata=_help("depth sub-folder override (RDVS: SyntheticDepth)"))
-    synthetic_videos: int = field(default=8, metadata=_help("synthetic training videos (when --data is none)"))
+    rendered_videos: int = field(default=0, metadata=_help(
+        "rendered robot-scene videos (m4sam scenes, train split) generated into out_dir/rendered/train"))
+    rendered_frames: int = field(default=24, metadata=_help("frames per rendered video"))
+    rendered_height: int = field(default=120, metadata=_help("rendered frame height"))
+    rendered_width: int = field(default=160, metadata=_help("rendered frame width"))
+    synthetic_videos: int | None = field(default=None, metadata=_help(
+        "generated 2-D videos (learn/synthetic); default 8 when neither --data nor --rendered-videos is given, else 0"))
     synthetic_frames: int = field(default=24, metadata=_help("frames per synthetic video"))
     synthetic_height: int = field(default=96, metadata=_help("synthetic frame height"))
     synthetic_width: int = field(default=128, metadata=_help("synthetic frame width"))
@@ -119,7 +125,9 @@ class TrainConfig:
     val_data: str | None = field(default=None, metadata=_help("held-out dataset root for the final evaluation"))
     val_layout: str = field(default="auto", metadata=_help("held-out dataset layout", choices=list(LAYOUTS)))
     val_split: str = field(default="test", metadata=_help("held-out dataset split"))
-    val_videos: int = field(default=0, metadata=_help("synthetic held-out videos when --val-data is none (0 = no eval)"))
+    val_videos: int = field(default=0, metadata=_help("generated 2-D held-out videos (0 = none)"))
+    val_rendered_videos: int = field(default=0, metadata=_help(
+        "rendered held-out videos (val split: objects and layouts training never sees; 0 = none)"))
 
     def __post_init__(self) -> None:
         for name in ("sam2_checkpoint", "init_adapter", "data", "out_dir", "adapter_out", "sam2_weights_out", "val_data"):
@@ -127,13 +135,15 @@ class TrainConfig:
                 setattr(self, name, os.path.expanduser(getattr(self, name)))
         if self.resume and self.resume != "auto":
             self.resume = os.path.expanduser(self.resume)
-        positive = ("image_size", "clip_length", "clip_stride", "steps", "batch_size", "accumulate", "synthetic_videos",
-                    "synthetic_frames", "num_memory_frames")
+        positive = ("image_size", "clip_length", "clip_stride", "steps", "batch_size", "accumulate", "synthetic_frames",
+                    "num_memory_frames", "rendered_frames", "rendered_height", "rendered_width")
         bad = {name: getattr(self, name) for name in positive if getattr(self, name) < 1}
         if bad:
             raise ValueError(f"TrainConfig fields must be >= 1: {bad}")
-        nonneg = ("threads", "warmup_steps", "checkpoint_every", "val_videos", "weight_decay", "grad_clip", "bce_weight",
-                  "iou_weight", "object_weight")
+        if self.synthetic_videos is None:
+            self.synthetic_videos = 0 if self.data or self.rendered_videos else 8
+        nonneg = ("threads", "warmup_steps", "checkpoint_every", "val_videos", "val_rendered_videos", "weight_decay",
+                  "grad_clip", "bce_weight", "iou_weight", "object_weight", "rendered_videos", "synthetic_videos")
         bad = {name: getattr(self, name) for name in nonneg if getattr(self, name) < 0}
         if bad:
             raise ValueError(f"TrainConfig fields must be >= 0: {bad}")
@@ -145,6 +155,8 @@ class TrainConfig:
             raise ValueError(f"unknown adapter kind {self.adapter_kind!r}; choose one of {sorted(ADAPTERS)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if not (self.data or self.rendered_videos or self.synthetic_videos):
+            raise ValueError("no training videos: give --data, --rendered-videos or --synthetic-videos")
         if self.preset != "test" and not self.sam2_checkpoint and not self.train_all:
             raise ValueError(f"preset {self.preset!r} needs --sam2-checkpoint (an official SAM2 checkpoint): adapters "
                              "trained on a random SAM2 are useless; only the 'test' preset or --train-all may start random")
@@ -160,7 +172,7 @@ class TrainResult:
     checkpoint: Path
     log_csv: Path
     loss_curve: Path
-    evaluation: dict | None
+    evaluation: dict[str, dict]  # held-out set name -> evaluation report
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype, bool]:
@@ -180,6 +192,22 @@ def lr_factor(step: int, config: TrainConfig) -> float:
         return (step + 1) / config.warmup_steps
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def rendered_videos(root: Path, videos: int, split: str, config: TrainConfig) -> list[VideoRecord]:
+    """Render (once) and index ``videos`` robot-scene videos of ``split`` under ``root``."""
+    from m4sam_ros.learn.scenes.generate import SceneConfig, write_dataset as write_scenes  # pybullet: when used
+
+    scenes = SceneConfig(out=str(root), split=split, videos=videos, frames=config.rendered_frames,
+                         width=config.rendered_width, height=config.rendered_height, seed=config.seed,
+                         progress=config.progress)
+    marker = root / f".complete-{videos}-{split}-{config.seed}-{scenes.height}x{scenes.width}x{scenes.frames}"
+    if not marker.exists():
+        write_scenes(scenes)
+        marker.touch()
+    dataset = open_dataset(root, layout="generic")
+    dataset.raise_on_errors()
+    return [v for v in dataset.videos if v.name.startswith(f"{split}_")][:videos]
 
 
 def synthetic_videos(root: Path, videos: int, config: TrainConfig, split_seed: int) -> list[VideoRecord]:
@@ -275,14 +303,19 @@ class Trainer:
                  self.sampler.windows, self.amp_dtype if self.autocast else "off")
 
     def _training_videos(self) -> list[VideoRecord]:
-        config = self.config
-        if config.data is None:
-            return synthetic_videos(self.out_dir / "synthetic" / "train", config.synthetic_videos, config, config.seed)
-        dataset = open_dataset(config.data, config.layout, config.split, config.depth_folder)
-        for problem in dataset.problems:
-            LOG.warning("%s", problem)
-        dataset.raise_on_errors()
-        return dataset.videos
+        """--data's videos, then the rendered ones, then the generated 2-D ones."""
+        config, videos = self.config, []
+        if config.data is not None:
+            dataset = open_dataset(config.data, config.layout, config.split, config.depth_folder)
+            for problem in dataset.problems:
+                LOG.warning("%s", problem)
+            dataset.raise_on_errors()
+            videos += dataset.videos
+        if config.rendered_videos:
+            videos += rendered_videos(self.out_dir / "rendered" / "train", config.rendered_videos, "train", config)
+        if config.synthetic_videos:
+            videos += synthetic_videos(self.out_dir / "synthetic" / "train", config.synthetic_videos, config, config.seed)
+        return videos
 
     # ---- one clip ------------------------------------------------------------------------
     def clip_loss(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
@@ -422,22 +455,27 @@ class Trainer:
             LOG.warning("--train-all: trained SAM2 weights written to %s (load with --sam2-checkpoint)", sam2_weights)
         return adapter, sam2_weights
 
-    def _evaluate(self) -> dict | None:
-        """Score held-out videos through the SaliencyTracker, if configured."""
+    def _evaluate(self) -> dict[str, dict]:
+        """Score each configured held-out set through the SaliencyTracker: {set name: report}."""
         config = self.config
-        if config.val_data is None and config.val_videos == 0:
-            return None
-        from m4sam_ros.learn.evaluate import evaluate_model  # evaluation imports the tracker stack lazily
+        held_out: dict[str, list[VideoRecord]] = {}
         if config.val_data is not None:
             dataset = open_dataset(config.val_data, config.val_layout, config.val_split, config.depth_folder)
             dataset.raise_on_errors()
-            videos = dataset.videos
-        else:
-            videos = synthetic_videos(self.out_dir / "synthetic" / "val", config.val_videos, config, config.seed + 1000)
-        report = evaluate_model(self.model, videos, self.out_dir / "eval", device=self.device,
-                                num_memory_frames=config.num_memory_frames, title=f"{config.preset} after {self.step} steps",
-                                progress=config.progress)
-        return report
+            held_out["data"] = dataset.videos
+        if config.val_rendered_videos:
+            held_out["rendered"] = rendered_videos(self.out_dir / "rendered" / "val", config.val_rendered_videos, "val",
+                                                   config)
+        if config.val_videos:
+            held_out["synthetic"] = synthetic_videos(self.out_dir / "synthetic" / "val", config.val_videos, config,
+                                                     config.seed + 1000)
+        if not held_out:
+            return {}
+        from m4sam_ros.learn.evaluate import evaluate_model  # evaluation imports the tracker stack lazily
+        return {name: evaluate_model(self.model, videos, self.out_dir / "eval" / name, device=self.device,
+                                     num_memory_frames=config.num_memory_frames, progress=config.progress,
+                                     title=f"{config.preset} after {self.step} steps, held-out {name} videos")
+                for name, videos in held_out.items()}
 
 
 def _read_log(path: Path, up_to_step: int) -> list[dict]:
@@ -495,7 +533,7 @@ def run(args: argparse.Namespace) -> int:
     if result.sam2_weights:
         print(f"SAM2 weights (--train-all): {result.sam2_weights}")
     print(f"checkpoint: {result.checkpoint}\nlog: {result.log_csv}\nloss curve: {result.loss_curve}")
-    if result.evaluation:
-        print(f"held-out evaluation: {result.evaluation['paths']['markdown']}")
-        print(Path(result.evaluation["paths"]["markdown"]).read_text())
+    for name, report in result.evaluation.items():
+        print(f"held-out evaluation ({name}): {report['paths']['markdown']}")
+        print(Path(report["paths"]["markdown"]).read_text())
     return 0
