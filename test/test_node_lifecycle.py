@@ -158,3 +158,43 @@ def test_auto_qos_matches_the_camera_even_when_it_starts_late(ros, log_dir, reli
         for camera in cameras:
             camera.stop()
         process.kill()
+
+
+def test_compressed_colour_and_depth_input(ros, log_dir):
+    """input.*_transport: CompressedImage on image_transport's names, derived from the remapped base topics."""
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import Header
+
+    from helpers import FRAME_ID, HEIGHT, WIDTH
+    from m4sam_ros.compressed import encode_colour, encode_depth
+    from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
+
+    namespace = "/compressed"
+    process = NodeProcess(log_dir, namespace, *TEST_MODEL, "input.rgb_transport:=compressed",
+                          "input.depth_transport:=compressedDepth")
+    probe = Probe(ros, namespace)
+    rgb_pub = ros.create_publisher(CompressedImage, f"{namespace}/rgb/image/compressed", QoSProfile(depth=5))
+    depth_pub = ros.create_publisher(CompressedImage, f"{namespace}/depth/image/compressedDepth", QoSProfile(depth=5))
+    frames = list(generate_video(SyntheticConfig(height=HEIGHT, width=WIDTH, frames=10, seed=4)))
+    try:
+        wait_until(lambda: rgb_pub.get_subscription_count() and depth_pub.get_subscription_count(), 60,
+                   "the node to subscribe the compressed topics")
+        start = time.monotonic()
+        for index in range(40):
+            frame = frames[index % len(frames)]
+            header = Header(stamp=ros.get_clock().now().to_msg(), frame_id=FRAME_ID)
+            colour_format, colour = encode_colour(frame.rgb)
+            depth_format, depth = encode_depth(frame.depth_mm)
+            rgb_pub.publish(CompressedImage(header=header, format=colour_format, data=colour))
+            depth_pub.publish(CompressedImage(header=header, format=depth_format, data=depth))
+            time.sleep(1 / 15)
+            if len(probe.mask.since(start)) >= 3:
+                break
+        masks = probe.wait_masks(3, timeout=10, since=start)
+        assert (masks[-1].width, masks[-1].height) == (WIDTH, HEIGHT)
+        report = probe.wait_diag(lambda d: d["last_used_depth"] == "True", 10, "RGB-D from compressed depth")
+        assert report["mode"] == "RGB-D"
+    finally:
+        ros.destroy_publisher(rgb_pub)
+        ros.destroy_publisher(depth_pub)
+        process.kill()

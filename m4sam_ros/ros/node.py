@@ -34,7 +34,7 @@ from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -63,7 +63,9 @@ WORKER_JOIN_S = 1.0  # an orderly stop waits this long for the frame in progress
 # a stamp further than this from the node's clock is on another clock (0, a sim time, a bag
 # replayed without --clock): its age would be meaningless
 PLAUSIBLE_AGE_S = 3600.0
-CAMERA_INPUTS = {"rgb/image": Image, "depth/image": Image, "rgb/camera_info": CameraInfo}
+CAMERA_INPUTS = ("rgb/image", "depth/image", "rgb/camera_info")
+# image_transport's names: <base topic>/<transport>, the base topic remapped first
+TRANSPORT_SUFFIX = {"raw": "", "compressed": "/compressed", "compressedDepth": "/compressedDepth"}
 
 
 class SaliencyNode(LifecycleNode):
@@ -137,9 +139,8 @@ class SaliencyNode(LifecycleNode):
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._run_worker, name="m4sam_inference", daemon=True)
         self._worker.start()
-        callbacks = {"rgb/image": self._on_rgb, "depth/image": self._on_depth, "rgb/camera_info": self._on_camera_info}
         for topic in CAMERA_INPUTS:
-            self._subscribe(topic, callbacks[topic])
+            self._subscribe(topic)
         self._inputs["saliency/prompt"] = self.create_subscription(Image, "saliency/prompt", self._on_prompt, 2)
         self._qos_timer = self.create_timer(1.0, self._match_qos)
         self.phase = "active"
@@ -184,26 +185,33 @@ class SaliencyNode(LifecycleNode):
 
     # -- subscriptions ------------------------------------------------------------------
 
-    def _subscribe(self, topic: str, callback) -> None:
+    def _input(self, topic: str) -> tuple[str, type, object]:
+        """(resolved topic name, message type, callback) of a camera input and its transport."""
+        transports = {"rgb/image": self.settings.input.rgb_transport, "depth/image": self.settings.input.depth_transport}
+        transport = transports.get(topic, "raw")
+        kind = CameraInfo if topic == "rgb/camera_info" else (Image if transport == "raw" else CompressedImage)
+        callback = {"rgb/image": self._on_rgb, "depth/image": self._on_depth, "rgb/camera_info": self._on_camera_info}
+        return self.resolve_topic_name(topic) + TRANSPORT_SUFFIX[transport], kind, callback[topic]
+
+    def _subscribe(self, topic: str) -> None:
         """Subscribe a camera topic with the QoS its publishers call for (``ros/qos.py``)."""
-        name = self.resolve_topic_name(topic)
+        name, kind, callback = self._input(topic)
         qos, why, settled = camera_qos(self.settings.qos.reliability, self.get_publishers_info_by_topic(name))
         if topic in self._inputs:
             self.destroy_subscription(self._inputs[topic])
-        self._inputs[topic] = self.create_subscription(CAMERA_INPUTS[topic], topic, callback, qos)
+        self._inputs[topic] = self.create_subscription(kind, name, callback, qos)
         (self._unsettled_qos.discard if settled else self._unsettled_qos.add)(topic)
         self.get_logger().info(f"{name}: {why}")
 
     def _match_qos(self) -> None:
         """While ``auto`` had no publisher to match, look again; re-subscribe once one is there."""
-        callbacks = {"rgb/image": self._on_rgb, "depth/image": self._on_depth, "rgb/camera_info": self._on_camera_info}
         for topic in list(self._unsettled_qos):
-            if self.get_publishers_info_by_topic(self.resolve_topic_name(topic)):
-                self._subscribe(topic, callbacks[topic])
+            if self.get_publishers_info_by_topic(self._input(topic)[0]):
+                self._subscribe(topic)
 
     # -- callbacks: check cheap header fields, enqueue, return ----------------------------
 
-    def _on_rgb(self, msg: Image) -> None:
+    def _on_rgb(self, msg: Image | CompressedImage) -> None:
         self._monitor.rgb.tick()
         if not self._acceptable(msg, "colour", "rgb/image"):
             return
@@ -215,7 +223,7 @@ class SaliencyNode(LifecycleNode):
         self._offer(self._pairer.add_rgb(stamp, msg))
         self._note_mode()
 
-    def _on_depth(self, msg: Image) -> None:
+    def _on_depth(self, msg: Image | CompressedImage) -> None:
         self._monitor.depth.tick()
         if not self._acceptable(msg, "depth", "depth/image"):
             return
@@ -234,7 +242,7 @@ class SaliencyNode(LifecycleNode):
             self._prompt = msg
         self.get_logger().info("prompt received: the memory re-initialises from it on the next frame")
 
-    def _acceptable(self, msg: Image, role: str, topic: str) -> bool:
+    def _acceptable(self, msg: Image | CompressedImage, role: str, topic: str) -> bool:
         try:
             check_image(msg, role)
         except UnsupportedEncodingError as exc:
@@ -312,7 +320,11 @@ class SaliencyNode(LifecycleNode):
 
     def _process(self, pair: FramePair) -> None:
         settings = self.settings
-        frame = prepare_frame(pair.rgb, pair.depth, self._camera_info)
+        try:
+            frame = prepare_frame(pair.rgb, pair.depth, self._camera_info)
+        except (UnsupportedEncodingError, ImageLayoutError) as exc:  # compressed colour that passed its header check
+            self._problem("image_decode", f"rgb/image: {exc}; frame dropped")
+            return
         for note in frame.notes:
             self._problem(note.kind, note.message, warning=note.warning)
         tracker = self._tracker
@@ -401,7 +413,7 @@ class SaliencyNode(LifecycleNode):
             since = meter.seconds_since_last()
             if since is not None and since < INPUT_SILENT_S:
                 continue
-            topic = self.resolve_topic_name(name)
+            topic = self._input(name)[0]
             publishers = self.get_publishers_info_by_topic(topic)
             if not publishers:
                 hints.append(f"{topic}: no publisher (check remapping)")

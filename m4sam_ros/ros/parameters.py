@@ -81,6 +81,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "saliency/points keeps every N-th salient pixel in each direction (computed only while subscribed).",
                   range=(1, 64), step=1),
     # -- input ---------------------------------------------------------------------------
+    ParameterSpec("input.rgb_transport", "raw",
+                  "raw: sensor_msgs/Image on rgb/image; compressed: sensor_msgs/CompressedImage (jpeg/png) on "
+                  "<rgb/image>/compressed, as image_transport names it.", choices=("raw", "compressed"), read_only=True),
+    ParameterSpec("input.depth_transport", "raw",
+                  "raw: sensor_msgs/Image on depth/image; compressedDepth: 16-bit png on <depth/image>/compressedDepth.",
+                  choices=("raw", "compressedDepth"), read_only=True),
     ParameterSpec("sync.slop", 0.015,
                   "Largest RGB/depth stamp difference (s) that still pairs; keep it below half the frame period.",
                   range=(0.0, 1.0)),
@@ -176,6 +182,12 @@ def check(name: str, value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class InputParameters:
+    rgb_transport: str
+    depth_transport: str
+
+
+@dataclass(frozen=True)
 class SyncParameters:
     slop: float
     queue_size: int
@@ -246,6 +258,7 @@ class NodeParameters:
     publish_probability: bool
     overlay_alpha: float
     points: PointsParameters
+    input: InputParameters
     sync: SyncParameters
     qos: QosParameters
     diagnostics: DiagnosticsParameters
@@ -261,7 +274,7 @@ class NodeParameters:
         missing = set(_BY_NAME) - set(values)
         if missing:
             raise ValueError(f"missing parameters: {', '.join(sorted(missing))}")
-        groups = {"points": PointsParameters, "sync": SyncParameters, "qos": QosParameters,
+        groups = {"points": PointsParameters, "input": InputParameters, "sync": SyncParameters, "qos": QosParameters,
                   "diagnostics": DiagnosticsParameters, "lifecycle": LifecycleParameters,
                   "model": ModelParameters, "tracker": TrackerParameters, "depth": DepthParameters,
                   "engine": EngineParameters}
