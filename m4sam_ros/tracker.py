@@ -9,8 +9,8 @@ reset, stamps going backwards, a gap, a lost target), per-stage timings, post-pr
 Modes: ``learned`` (trained adapters: depth goes through the encoder, the first frame's
 mask comes from the model itself - pseudo-guided initialisation) and ``zero_shot``
 (official SAM2 weights only: SAM2's own encoder sees RGB, as SAM2 was trained - adapters
-and fusion bypassed - and the first frame's mask is the depth/centre pseudo-prior, which
-SAM2 then propagates).
+and fusion bypassed - and the first frame's mask is the most salient RGB-D candidate,
+``initialisation.py``, which SAM2 then propagates exactly as its video predictor does).
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from m4sam_ros.model.m4sam import DecoderOutput, EncodedFrame, M4SAM
 from m4sam_ros.model.memory import MemoryAttentionFn
 from m4sam_ros.postprocess import CameraIntrinsics, ObjectExtractor, PostprocessConfig, SalientObject
 from m4sam_ros.preprocess import model_inputs
-from m4sam_ros.prior import PriorConfig, saliency_prior
+from m4sam_ros.initialisation import Initialisation, choose_initial_mask
+from m4sam_ros.prior import PriorConfig
+from m4sam_ros.proposals import ProposalConfig
 from m4sam_ros.stopwatch import Stopwatch
 
 MODES = ("auto", "learned", "zero_shot")
@@ -40,7 +42,8 @@ REINIT_REASONS = ("start", "reset", "prompt", "stamp_backwards", "gap", "lost", 
 
 class NonFiniteOutput(FloatingPointError):
     """The model produced NaN/inf for a frame; its output is withheld and the memory re-initialises."""
-STAGES = ("preprocess", "encoder", "memory_attention", "decoder", "memory_encoder", "postprocess")
+STAGES = ("preprocess", "encoder", "initialisation", "memory_attention", "decoder", "memory_encoder", "postprocess")
+REFINEMENTS = ("auto", "always", "never")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class SaliencyResult:
     object_score: float  # model's object-presence score (sigmoid) for this frame
     used_depth: bool  # a depth frame was given and used (encoder in learned mode; prior + 3D)
     low_res_logits: np.ndarray  # (S/4, S/4) float32: the decoder's mask logits at model resolution
+    initialisation: Initialisation | None  # zero-shot (re-)initialisations: the candidates and the choice
     reinitialized: str | None  # None, or why memory was re-initialised on this frame (REINIT_REASONS)
     memory_frames: int  # frames with spatial memory in the bank (conditioning + recent)
     timings_ms: dict[str, float]  # per stage (STAGES) and "total"
@@ -68,7 +72,11 @@ class TrackerConfig:
         many consecutive frames -> re-initialise on the next frame ("lost").
     mode: "auto" (learned when the model has an adapter file loaded, else zero_shot),
         "learned" or "zero_shot" (see module docstring).
-    prior_threshold: zero-shot conditioning mask = prior >= this.
+    prior_threshold: the fallback zero-shot conditioning mask = prior >= this.
+    proposals: the RGB-D candidates of a zero-shot (re-)initialisation (``proposals.py``).
+    refine_proposals: "auto" (with real SAM2 weights: a hiera preset with a checkpoint; the
+        test preset's demo weights were never trained on point prompts), "always" or "never":
+        SAM2's decoder re-segments the candidates.
     """
 
     image_size: int = 512
@@ -81,6 +89,8 @@ class TrackerConfig:
     depth: DepthConfig = field(default_factory=DepthConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    refine_proposals: str = "auto"
 
     def __post_init__(self) -> None:
         if self.num_memory_frames < 1:
@@ -95,6 +105,8 @@ class TrackerConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 < self.prior_threshold <= 1.0:
             raise ValueError(f"prior_threshold must be in (0, 1], got {self.prior_threshold}")
+        if self.refine_proposals not in REFINEMENTS:
+            raise ValueError(f"refine_proposals must be one of {REFINEMENTS}, got {self.refine_proposals!r}")
         if self.prior.near_is_bright != self.depth.near_is_bright:
             raise ValueError("prior.near_is_bright must equal depth.near_is_bright (the prior reads normalised depth)")
 
@@ -104,6 +116,8 @@ class _Inputs:
     """One frame, checked and preprocessed (``SaliencyTracker._preprocess``)."""
 
     shape: tuple[int, int]  # (H, W) of the RGB image: results come at this size
+    image: np.ndarray  # (H, W, 3) uint8 RGB as given
+    intrinsics: CameraIntrinsics | None
     rgb: torch.Tensor  # (1, 3, S, S) on the tracker's device
     depth: torch.Tensor | None  # (1, 3, S, S), only where the RGB-D encoder reads it
     present: torch.Tensor | None  # (1, 2), likewise
@@ -234,9 +248,10 @@ class SaliencyTracker:
             reason = self._reinit_reason(float(stamp))
             if reason == "stamp_backwards":
                 self.extractor.reset()  # a bag loop or a new recording: old IDs mean nothing
-            initial = self._initial_mask(reason, inputs)
         with watch("encoder"):
             frame = self._encode(inputs)
+        with watch("initialisation"):
+            initial, initialisation = self._initial_mask(reason, inputs, frame)
         decoded = self.memory.step(self.model, frame, conditioning=reason is not None, mask=initial,
                                    attention=self._memory_attention, watch=watch)
         with watch("postprocess"):
@@ -248,17 +263,48 @@ class SaliencyTracker:
         return SaliencyResult(stamp=float(stamp), probability=probability, mask=mask, objects=objects,
                               object_score=object_score, used_depth=inputs.depth_normalized is not None,
                               low_res_logits=decoded.low_res_logits[0, 0].float().cpu().numpy(),
+                              initialisation=initialisation,
                               reinitialized=reason, memory_frames=len(self.memory), timings_ms=watch.report(STAGES))
 
-    def _initial_mask(self, reason: str | None, inputs: _Inputs) -> torch.Tensor | None:
-        """The conditioning frame's mask: a prompt when one was given; in zero-shot mode the
-        depth/centre prior; None in learned mode (the model's own prompt-free decoding)."""
+    def _initial_mask(self, reason: str | None, inputs: _Inputs,
+                      frame: EncodedFrame) -> tuple[torch.Tensor | None, Initialisation | None]:
+        """The conditioning frame's mask (1, 1, S, S): a prompt when one was given; in zero-shot
+        mode the most salient RGB-D candidate (or the prior); None in learned mode (the model's
+        own prompt-free decoding). With the zero-shot choice and how it was made."""
         if reason is None:
-            return None
+            return None, None
         if reason == "prompt":
             prompt, self._prompt = self._prompt, None
-            return prompt
-        return self._prior_mask(inputs) if self.mode == "zero_shot" else None
+            return prompt, None
+        if self.mode != "zero_shot":
+            return None, None
+        config = self.config
+        refine = self._refiner(frame) if self._refines() else None
+        # a candidate must cover a few cells of the decoder's S/4 mask, or SAM2 cannot hold it
+        cells = (config.image_size // 4) ** 2
+        proposals = dataclasses.replace(config.proposals, min_area=max(config.proposals.min_area, 4.0 / cells))
+        chosen = choose_initial_mask(inputs.image, inputs.depth_m, inputs.depth_normalized, inputs.depth_valid,
+                                     inputs.intrinsics, proposals, config.prior, config.prior_threshold, refine)
+        return self._prompt_tensor(chosen.mask), chosen
+
+    def _refines(self) -> bool:
+        if self.config.refine_proposals == "auto":
+            return self.model.sam2_file is not None and self.model.config.name != "test"
+        return self.config.refine_proposals == "always"
+
+    def _refiner(self, frame: EncodedFrame):
+        """SAM2's decoder on this frame, prompted at candidate points (``initialisation.Refiner``)."""
+        size = self.config.image_size
+
+        def refine(masks: list[np.ndarray], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            height, width = masks[0].shape
+            scale = np.array([size / width, size / height], np.float32)
+            prompts = torch.from_numpy((points + 0.5) * scale).to(self.device)
+            logits, ious = self.model.masks_from_points(frame, prompts)
+            full = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            return (full[:, 0] > 0).cpu().numpy(), ious.float().cpu().numpy()
+
+        return refine
 
     def _preprocess(self, rgb: np.ndarray, depth: np.ndarray | None, stamp: float,
                     intrinsics: CameraIntrinsics | None) -> _Inputs:
@@ -281,13 +327,7 @@ class SaliencyTracker:
         depth_in = present = None  # only the RGB-D path reads them: no zeros copied to the GPU
         if depth_to_encoder is not None:
             depth_in, present = (torch.from_numpy(a).to(self.device) for a in arrays[1:])
-        return _Inputs((height, width), rgb_in, depth_in, present, depth_norm, depth_valid, depth_m)
-
-    def _prior_mask(self, inputs: _Inputs) -> torch.Tensor:
-        """Zero-shot conditioning mask (1, 1, S, S) in {0, 1}: the depth/centre prior, thresholded."""
-        size = self.config.image_size
-        prior = saliency_prior(inputs.depth_normalized, inputs.depth_valid, (size, size), self.config.prior)
-        return torch.from_numpy(prior >= self.config.prior_threshold).to(self.device, torch.float32)[None, None]
+        return _Inputs((height, width), rgb, intrinsics, rgb_in, depth_in, present, depth_norm, depth_valid, depth_m)
 
     def _encode(self, inputs: _Inputs) -> EncodedFrame:
         if self.mode == "zero_shot":

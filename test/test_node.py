@@ -183,6 +183,24 @@ def test_a_prompt_mask_reinitialises_the_memory_from_it(healthy, ros):
         ros.destroy_publisher(publisher)
 
 
+def test_zero_shot_initialisation_shows_its_candidates_and_says_which_rule_chose(healthy, ros):
+    _, camera, probe = healthy
+    views = Received()
+    subscription = ros.create_subscription(Image, "/shared/saliency/candidates", views.add, 10)
+    try:
+        wait_until(lambda: subscription.get_publisher_count() > 0, 10, "the candidates publisher")
+        reset_at = time.monotonic()
+        response = probe.call(Trigger, "/shared/m4sam_saliency/reset", Trigger.Request())
+        assert response.success
+        view = wait_until(lambda: next(iter(views.since(reset_at)), None), 15, "a candidates image after the reset")
+        assert (view.encoding, view.width, view.height) == ("bgr8", WIDTH, HEIGHT) and camera.was_sent(view.header)
+        probe.wait_diag(lambda d: d["last_reinit"] == "reset" and
+                        d["last_init_rule"].split(":")[0] in ("geometry", "sam2", "prior"), 10,
+                        "the rule of the initial mask in diagnostics", since=reset_at)
+    finally:
+        ros.destroy_subscription(subscription)
+
+
 def test_both_streams_pausing_is_not_reported_as_depth_loss(healthy):
     process, camera, probe = healthy
     before = int(probe.diag().get("problems.depth_missing", 0))

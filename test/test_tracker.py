@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m4sam_ros.depth import normalize_depth
 from m4sam_ros.engines.base import EncoderEngine
 from m4sam_ros.engines.torch_backend import TorchEncoder
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
@@ -146,17 +145,46 @@ def test_float_metre_depth_with_holes():
         assert np.isfinite(result.probability).all() and result.probability.shape == (48, 80)
 
 
-def test_zero_shot_conditioning_frame_is_the_prior(video):
+def test_zero_shot_conditioning_frame_is_the_chosen_initial_mask(video):
+    """Zero-shot: the first frame's mask is what the initialisation chose (a candidate or the
+    prior), made the output by SAM2's mask-as-output path; without depth it is the prior."""
     tracker = _tracker(mode="zero_shot")
     frame = video[0]
     result = tracker.step(frame.rgb, frame.depth_mm, 0.0, frame.intrinsics)
-    normalized, valid = normalize_depth(frame.depth_mm)
-    prior = saliency_prior(normalized, valid, (120, 160)) >= 0.5
-    iou = (prior & (result.mask > 0)).sum() / (prior | (result.mask > 0)).sum()
-    assert iou > 0.8
+    chosen = result.initialisation.mask
+    iou = (chosen & (result.mask > 0)).sum() / (chosen | (result.mask > 0)).sum()
+    assert iou > 0.8 and result.initialisation.rule.split(":")[0] in ("geometry", "prior")
     assert result.object_score > 0.99  # SAM2's mask-as-output path: a non-empty mask is an object
     assert result.objects and result.objects[0].centroid is not None  # 3D from depth + intrinsics
+    assert tracker.step(video[1].rgb, video[1].depth_mm, 1 / 30).initialisation is None  # tracking, not initialising
     assert tracker.mode == "zero_shot" and _tracker().mode == "zero_shot"  # auto without an adapter
+
+    tracker.reset()
+    without_depth = tracker.step(frame.rgb, None, 1.0)
+    prior = saliency_prior(None, None, (120, 160)) >= 0.5
+    assert without_depth.initialisation.rule == "prior: no metric depth"
+    assert np.array_equal(without_depth.initialisation.mask, prior)
+
+
+def test_sam2_refinement_plumbing(video):
+    """SAM2's decoder re-segments the candidates in one batched call. The random test preset
+    cannot show that the masks get better (no pretrained weights here): this checks the plumbing."""
+    tracker = _tracker(mode="zero_shot", refine_proposals="always")
+    calls = []
+    original = tracker.model.masks_from_points
+
+    def counting(frame, points):
+        calls.append(points.shape)
+        return original(frame, points)
+
+    tracker.model.masks_from_points = counting
+    frame = video[0]
+    result = tracker.step(frame.rgb, frame.depth_mm, 0.0, frame.intrinsics)
+    candidates = result.initialisation.proposals.candidates
+    if candidates:
+        assert calls == [(len(candidates), 2)]  # one call for all candidates
+        assert all("sam2_iou" in c.scores and 0.0 <= c.scores["sam2_iou"] <= 1.0 for c in candidates)
+    assert _tracker(mode="zero_shot")._refines() is False  # auto: the test preset's weights never saw points
 
 
 @pytest.mark.parametrize("mode", ["learned", "zero_shot"])

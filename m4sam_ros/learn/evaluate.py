@@ -26,12 +26,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from m4sam_ros.learn.camera_file import video_intrinsics
 from m4sam_ros.learn.datasets import LAYOUTS, DatasetError, VideoRecord, load_frame, open_dataset
 from m4sam_ros.learn.metrics import METRIC_KEYS, SaliencyScorer, score_frames
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
 from m4sam_ros.devices import resolve_device
 from m4sam_ros.model.checkpoint import CheckpointError
 from m4sam_ros.model.config import PRESETS
+from m4sam_ros.depth import depth_to_metres, fit_depth, normalize_depth
+from m4sam_ros.initialisation import choose_initial_mask
+from m4sam_ros.prior import saliency_prior
 from m4sam_ros.tracker import MODES, SaliencyTracker, TrackerConfig
 
 __all__ = ["EvalConfig", "evaluate_videos", "evaluate_model", "write_report", "score_frames", "add_arguments", "run"]
@@ -65,6 +69,9 @@ class EvalConfig:
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)"})
     out_dir: str = field(default="runs/eval", metadata={"help": "folder for metrics.json, metrics.md, strip.png"})
     strip_frames: int = field(default=4, metadata={"help": "frames shown in strip.png"})
+    first_mask: bool = field(default=False, metadata={
+        "help": "zero-shot: score only each video's initial mask (first frame with depth and GT) against GT, "
+                "next to the depth/centre prior"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -112,9 +119,12 @@ def evaluate_videos(tracker: SaliencyTracker, videos: Sequence[VideoRecord], fps
         for v, video in enumerate(videos):
             tracker.reset()
             scorer = SaliencyScorer()
+            intrinsics = None
             for i, record in enumerate(video.frames):
                 frame = load_frame(record, tracker.config.depth)
-                result = tracker.step(frame.rgb, frame.depth_raw, stamp=i / fps)
+                if i == 0:  # a video's camera.json, where it has one (rendered scenes, recordings)
+                    intrinsics = video_intrinsics(video.path, frame.rgb.shape[1], frame.rgb.shape[0])
+                result = tracker.step(frame.rgb, frame.depth_raw, stamp=i / fps, intrinsics=intrinsics)
                 if frame.gt is not None:
                     scorer.add(result.probability, frame.gt)
                     overall.add(result.probability, frame.gt)
@@ -129,6 +139,38 @@ def evaluate_videos(tracker: SaliencyTracker, videos: Sequence[VideoRecord], fps
     video_mean = {k: float(np.mean([m[k] for m in scored])) for k in METRIC_KEYS}
     video_mean["videos"] = len(scored)
     return {"dataset": overall.results(), "video_mean": video_mean, "videos": per_video}, samples
+
+
+def evaluate_initial_masks(tracker: SaliencyTracker, videos: Sequence[VideoRecord], progress: bool = False) -> dict:
+    """Score the zero-shot initialisation alone: per video, its first frame that has depth and
+    a non-empty GT gets the mask the tracker would condition its memory on, against that GT;
+    the depth/centre prior thresholded is scored on the same frames as the baseline.
+    Returns {"initial_mask": metrics, "prior": metrics, "rules": {rule kind: count}, "frames": n}."""
+    if tracker.mode != "zero_shot":
+        raise ValueError("the first-mask evaluation scores the zero-shot initialisation (mode zero_shot)")
+    config = tracker.config
+    chosen, priors, gts, rules = [], [], [], {}
+    for video in tqdm(videos, desc="first masks", unit="video", disable=not progress, dynamic_ncols=True):
+        for record in video.frames:
+            frame = load_frame(record, config.depth)
+            if frame.depth_raw is None or frame.gt is None or not frame.gt.any() or frame.depth_raw.dtype == np.uint8:
+                continue
+            height, width = frame.rgb.shape[:2]
+            depth = fit_depth(frame.depth_raw, height, width)
+            normalised, valid = normalize_depth(depth, config.depth)
+            initial = choose_initial_mask(frame.rgb, depth_to_metres(depth), normalised, valid,
+                                          video_intrinsics(video.path, width, height), config.proposals,
+                                          config.prior, config.prior_threshold)
+            chosen.append(initial.mask)
+            priors.append(saliency_prior(normalised, valid, (height, width), config.prior) >= config.prior_threshold)
+            gts.append(frame.gt)
+            kind = initial.rule.split(":")[0]
+            rules[kind] = rules.get(kind, 0) + 1
+            break
+    if not gts:
+        raise ValueError("no video has a frame with metric depth and a non-empty ground truth")
+    return {"initial_mask": score_frames(chosen, gts), "prior": score_frames(priors, gts), "rules": rules,
+            "frames": len(gts)}
 
 
 def markdown_table(metrics: dict, title: str) -> str:
@@ -205,6 +247,20 @@ def evaluate_model(model, videos: Sequence[VideoRecord], out_dir: Path, device: 
     return write_report(metrics, samples, out_dir, title, settings)
 
 
+def _report_initial_masks(config: EvalConfig, result: dict) -> int:
+    """metrics_first_mask.json and a table on stdout."""
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics_first_mask.json").write_text(json.dumps({"data": config.data, **result}, indent=2) + "\n")
+    head = "| first mask | " + " | ".join(_HEADERS[k] for k in METRIC_KEYS) + " | frames |"
+    lines = [head, "|" + "---|" * (len(METRIC_KEYS) + 2)]
+    for name, label in (("initial_mask", "RGB-D candidates"), ("prior", "depth/centre prior")):
+        lines.append(f"| {label} | " + " | ".join(f"{result[name][k]:.3f}" for k in METRIC_KEYS) + f" | {result['frames']} |")
+    print("\n".join(lines))
+    print("chosen by: " + ", ".join(f"{kind} {count}" for kind, count in sorted(result["rules"].items())))
+    return 0
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, EvalConfig, "YAML file of EvalConfig fields (flags given here override it)")
 
@@ -225,6 +281,8 @@ def run(args: argparse.Namespace) -> int:
                                                 sam2_checkpoint=config.sam2_checkpoint, adapter=config.adapter,
                                                 device=resolve_device(config.device), seed=config.seed,
                                                 config=tracker_config)
+        if config.first_mask:
+            return _report_initial_masks(config, evaluate_initial_masks(tracker, dataset.videos, config.progress))
         metrics, samples = evaluate_videos(tracker, dataset.videos, config.fps, config.strip_frames, config.progress)
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as error:
         LOG.error("%s", error)

@@ -94,6 +94,7 @@ def load_sam2_checkpoint(model: M4SAM, path: str | Path) -> None:
     result = model.load_state_dict(state, strict=False)
     # only the trainable adapter/fusion tensors may remain unset
     assert not result.unexpected_keys and set(result.missing_keys) == set(model.trainable_state_dict()), result
+    model.sam2_file = str(path)
 
 
 def save_adapter(model: M4SAM, path: str | Path) -> Path:

@@ -137,6 +137,7 @@ class M4SAM(SAM2Base):
         self.adapter = build_adapter(config.adapter, TrunkGeometry(self.image_encoder.trunk, config.d_model,
                                                                    config.image_size))
         self.adapter_file: str | None = None  # set by checkpoint.load_adapter
+        self.sam2_file: str | None = None  # set by checkpoint.load_sam2_checkpoint
         self.freeze_sam2()
 
     def freeze_sam2(self) -> None:
@@ -261,6 +262,25 @@ class M4SAM(SAM2Base):
                                       multimask_output=self._use_multimask(is_init_frame, None))
         _, _, _, low_res, high_res_logits, obj_ptr, object_score_logits = out
         return DecoderOutput(low_res, high_res_logits, obj_ptr, object_score_logits)
+
+    def masks_from_points(self, frame: EncodedFrame, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM2's own mask decoder prompted with one positive point per candidate, all in one
+        batched decoder call on the frame's memory-free features (as SAM2 segments an image).
+
+        frame: one frame (B = 1); points: (N, 2) x, y in model input pixels (0 .. S).
+        Returns (low-resolution mask logits (N, 1, S/4, S/4), predicted IoU (N,)), the best of
+        SAM2's multimask outputs for each point."""
+        if frame.image_embed.shape[0] != 1:
+            raise ValueError(f"masks_from_points takes one frame, got a batch of {frame.image_embed.shape[0]}")
+        count = points.shape[0]
+        pix_feat = self.condition_on_memory(frame, None).expand(count, -1, -1, -1)
+        high_res = [frame.high_res_s4.expand(count, -1, -1, -1), frame.high_res_s8.expand(count, -1, -1, -1)]
+        prompts = {"point_coords": points[:, None, :].to(pix_feat), "point_labels": torch.ones(count, 1, dtype=torch.int32,
+                                                                                             device=pix_feat.device)}
+        _, _, ious, low_res, _, _, _ = self._forward_sam_heads(backbone_features=pix_feat, point_inputs=prompts,
+                                                               mask_inputs=None, high_res_features=high_res,
+                                                               multimask_output=True)
+        return low_res, ious.max(dim=1).values
 
     def mask_as_output(self, frame: EncodedFrame, mask: torch.Tensor) -> DecoderOutput:
         """Zero-shot conditioning frame: SAM2.1's mask-as-output path. ``mask`` (B, 1, S, S) in

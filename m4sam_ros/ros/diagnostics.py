@@ -114,10 +114,11 @@ class PipelineMonitor:
         self.used_depth = False
         self.reinit_count = 0
         self.last_reinit = ""
+        self.last_init_rule = ""  # how the last zero-shot initial mask was chosen
         self.overlays = 0
 
     def record_result(self, *, inference_ms: float, age_s: float | None, memory_frames: int, used_depth: bool,
-                      reinitialized: str | None, overlay: bool) -> None:
+                      reinitialized: str | None, overlay: bool, init_rule: str | None = None) -> None:
         """``age_s``: node clock minus the frame's stamp; None when the stamp is on another clock."""
         self.results.tick()
         with self._lock:
@@ -132,6 +133,8 @@ class PipelineMonitor:
             if reinitialized:
                 self.reinit_count += 1
                 self.last_reinit = reinitialized
+            if init_rule:
+                self.last_init_rule = init_rule
             self.overlays += int(overlay)
 
     def status(self, *, name: str, hardware_id: str, rgb_only: bool, extra: Mapping[str, object],
@@ -156,6 +159,7 @@ class PipelineMonitor:
                 "last_used_depth": self.used_depth,
                 "reinit_count": self.reinit_count,
                 "last_reinit": self.last_reinit,
+                "last_init_rule": self.last_init_rule,
                 "overlays_computed": self.overlays,
             }
         values.update(extra)

@@ -17,7 +17,9 @@ Topics (relative, so a namespace prefixes them; in the root namespace ``/salienc
 subscribes ``rgb/image``, ``depth/image``, ``rgb/camera_info`` and ``saliency/prompt`` (a mono8
 mask to track from); publishes ``saliency/mask``, ``saliency/probability`` (only with
 ``publish_probability``), ``saliency/objects``, ``saliency/markers``, ``saliency/overlay`` and
-``saliency/points`` (both computed only while subscribed) and ``/diagnostics``. Service
+``saliency/points`` (both computed only while subscribed), ``saliency/candidates`` (zero-shot
+(re-)initialisations: the RGB-D candidates and the chosen first mask, while subscribed) and
+``/diagnostics``. Service
 ``~/reset`` (std_srvs/Trigger) clears the memory bank.
 """
 from __future__ import annotations
@@ -50,7 +52,7 @@ from m4sam_ros.ros.frames import PreparedFrame, prepare_frame
 from m4sam_ros.ros.log_bridge import bridge_python_logging
 from m4sam_ros.ros.markers import build_markers
 from m4sam_ros.ros.model_loader import StartupError, build_tracker, postprocess_config
-from m4sam_ros.ros.overlay import render_overlay
+from m4sam_ros.ros.overlay import draw_candidates, render_candidates, render_overlay
 from m4sam_ros.ros.parameters import NodeParameters, ParameterError, declare_all
 from m4sam_ros.ros.points import points_msg
 from m4sam_ros.ros.process import StopSignals
@@ -125,6 +127,7 @@ class SaliencyNode(LifecycleNode):
             "markers": self.create_lifecycle_publisher(MarkerArray, "saliency/markers", out_qos),
             "overlay": self.create_lifecycle_publisher(Image, "saliency/overlay", out_qos),
             "points": self.create_lifecycle_publisher(PointCloud2, "saliency/points", out_qos),
+            "candidates": self.create_lifecycle_publisher(Image, "saliency/candidates", out_qos),
         }
         self._probability_publisher(self.settings.publish_probability)
         self.get_logger().info(f"model ready: {self._engine_info}")
@@ -349,9 +352,12 @@ class SaliencyNode(LifecycleNode):
             self.get_logger().info(f"memory bank re-initialised ({result.reinitialized})",
                                    throttle_duration_sec=THROTTLE_S)
         age_s = self.get_clock().now().nanoseconds * 1e-9 - frame.stamp
+        if result.initialisation is not None:
+            self.get_logger().info(f"initial mask: {result.initialisation.rule}", throttle_duration_sec=THROTTLE_S)
         self._monitor.record_result(inference_ms=inference_ms, age_s=age_s if abs(age_s) < PLAUSIBLE_AGE_S else None,
                                     memory_frames=result.memory_frames, used_depth=result.used_depth,
-                                    reinitialized=result.reinitialized, overlay="overlay" in self._wanted())
+                                    reinitialized=result.reinitialized, overlay="overlay" in self._wanted(),
+                                    init_rule=result.initialisation.rule if result.initialisation else None)
 
     def _take_prompt(self, tracker: SaliencyTracker, frame: PreparedFrame) -> bool:
         """A mask from saliency/prompt re-initialises the memory on this frame."""
@@ -371,7 +377,7 @@ class SaliencyNode(LifecycleNode):
 
     def _wanted(self) -> set[str]:
         """Outputs that cost work and are rendered only while someone subscribes."""
-        return {name for name in ("overlay", "points") if self._outputs[name].get_subscription_count() > 0}
+        return {name for name in ("overlay", "points", "candidates") if self._outputs[name].get_subscription_count() > 0}
 
     def _publish(self, header: Header, frame: PreparedFrame, result: SaliencyResult, settings: NodeParameters) -> None:
         out = self._outputs
@@ -383,7 +389,11 @@ class SaliencyNode(LifecycleNode):
         wanted = self._wanted()
         if "overlay" in wanted:
             bgr = render_overlay(frame.rgb, result.mask, result.objects, settings.overlay_alpha)
+            if result.initialisation is not None:  # the frame the memory started from: show how
+                draw_candidates(bgr, result.initialisation)
             out["overlay"].publish(image_msg(header, bgr, "bgr8"))
+        if "candidates" in wanted and result.initialisation is not None:
+            out["candidates"].publish(image_msg(header, render_candidates(frame.rgb, result.initialisation), "bgr8"))
         if "points" in wanted and frame.depth is not None and frame.intrinsics is not None \
                 and frame.depth.dtype != np.uint8:
             xyz, rgb = salient_points(result.mask, depth_to_metres(frame.depth), frame.rgb, frame.intrinsics,
