@@ -31,22 +31,41 @@ ARGUMENTS = [
     ("preset", "", "model.preset override: hiera_t | hiera_s | hiera_b+ | hiera_l | test (empty: from config_file)"),
     ("sam2_checkpoint", "", "model.sam2_checkpoint override: path of the official SAM2.1 .pt file"),
     ("adapter", "", "model.adapter override: trained adapter weights (empty: zero-shot)"),
+    ("image_size", "", "model.image_size override: square model input, multiple of 32 (512 default; the test "
+                       "preset's demo weights: 128)"),
     ("backend", "", "engine.backend override: auto | pytorch | onnxruntime | tensorrt"),
     ("device", "", "engine.device override: auto | cpu | cuda | cuda:N"),
+    ("num_threads", "", "engine.num_threads override: torch CPU threads (lower it when other nodes share the CPU)"),
+    ("autostart", "", "lifecycle.autostart override: false leaves the managed node unconfigured for a lifecycle "
+                      "manager"),
     ("use_sim_time", "false", "Use /clock (replaying a bag with --clock)"),
     ("log_level", "info", "Log level of the node"),
 ]
 
 # launch argument -> node parameter, applied only when the argument is not empty
-OVERRIDES = {"preset": "model.preset", "sam2_checkpoint": "model.sam2_checkpoint", "adapter": "model.adapter",
-             "backend": "engine.backend", "device": "engine.device"}
+OVERRIDES = {"preset": ("model.preset", "str"), "sam2_checkpoint": ("model.sam2_checkpoint", "str"),
+             "adapter": ("model.adapter", "str"), "image_size": ("model.image_size", "int"),
+             "backend": ("engine.backend", "str"), "device": ("engine.device", "str"),
+             "num_threads": ("engine.num_threads", "int"), "autostart": ("lifecycle.autostart", "bool")}
+
+
+def _typed(arg: str, text: str, kind: str):
+    """The launch argument's text as the parameter's type, so a typo stops the launch naming the argument
+    (launch_ros checks, but does not convert, plain values)."""
+    if kind == "str":
+        return ParameterValue(text, value_type=str)  # keeps a numeric-looking path a string
+    try:
+        return int(text) if kind == "int" else {"true": True, "false": False}[text.lower()]
+    except (ValueError, KeyError):
+        expected = "an integer" if kind == "int" else "true or false"
+        raise RuntimeError(f"launch argument {arg}:={text!r} must be {expected}") from None
 
 
 def _node(context):
     value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     share = FindPackageShare(PACKAGE).perform(context)
     config_file = value["config_file"] or os.path.join(share, "config", "m4sam.yaml")
-    overrides = {param: ParameterValue(value[arg], value_type=str) for arg, param in OVERRIDES.items() if value[arg]}
+    overrides = {param: _typed(arg, value[arg], kind) for arg, (param, kind) in OVERRIDES.items() if value[arg]}
     overrides["use_sim_time"] = value["use_sim_time"].lower() == "true"
     return [Node(
         package=PACKAGE, executable="saliency_node", name="m4sam_saliency", namespace=value["namespace"],

@@ -50,3 +50,25 @@ def log_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("node_logs")
 
 
+
+
+@pytest.fixture(scope="session")
+def colcon_install(tmp_path_factory):
+    """A real ``colcon build`` of this package against the venv's ROS 2 wheels: its install space
+    (built once per session, for the colcon and launch tests)."""
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    repo, venv = Path(__file__).resolve().parents[1], Path(sys.prefix)
+    workspace = tmp_path_factory.mktemp("colcon_ws")
+    (workspace / "src").mkdir()
+    (workspace / "src" / "m4sam_ros").symlink_to(repo)
+    env = dict(os.environ, CMAKE_PREFIX_PATH=f"{venv}:{sysconfig.get_paths()['purelib']}", AMENT_PREFIX_PATH=str(venv))
+    result = subprocess.run(
+        [str(venv / "bin" / "colcon"), "build", "--event-handlers", "console_direct-",
+         "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"colcon build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return workspace / "install"

@@ -289,3 +289,10 @@ def memory_view(model, frame_index: int, recent: int, generator: torch.Generator
                                     "non_cond_frame_outputs": non_cond}, num_frames)
 
 
+
+
+def sourced_environment(install: Path) -> dict[str, str]:
+    """The environment a ROS user has after ``source <install>/setup.bash``."""
+    result = subprocess.run(["bash", "-c", f'. "{install}/setup.bash" && env -0'], capture_output=True, text=True,
+                            timeout=60, check=True)
+    return dict(item.split("=", 1) for item in result.stdout.split("\0") if "=" in item)

@@ -6,7 +6,6 @@ provide the same CMake packages from /opt/ros/<distro>).
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,8 @@ pytestmark = [pytest.mark.colcon, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def install_space(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workspace = tmp_path_factory.mktemp("colcon_ws")
-    (workspace / "src").mkdir()
-    (workspace / "src" / "m4sam_ros").symlink_to(REPO)
-    site = sysconfig.get_paths()["purelib"]
-    env = dict(os.environ,
-               CMAKE_PREFIX_PATH=f"{VENV}:{site}",
-               AMENT_PREFIX_PATH=str(VENV))
-    result = subprocess.run(
-        [str(VENV / "bin" / "colcon"), "build", "--event-handlers", "console_direct-",
-         "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
-        cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"colcon build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return workspace / "install"
+def install_space(colcon_install: Path) -> Path:
+    return colcon_install
 
 
 def run_sourced(install: Path, code: str) -> str:

@@ -5,6 +5,7 @@ the tests that load and run the launch files need launch_ros and skip without it
 """
 import ast
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import sourced_environment
 from m4sam_ros.ros.parameters import PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +60,35 @@ def test_launch_file_structure(name):
         assert isinstance(default, str) and description.strip(), f"{arg_name} needs a default and a description"
     overrides = _assigned(tree, "OVERRIDES")
     assert set(overrides) <= set(names)
-    assert set(overrides.values()) <= DECLARED, "launch overrides must target declared node parameters"
+    assert {param for param, _ in overrides.values()} <= DECLARED, "launch overrides must target declared parameters"
+    kinds = {p.name: p.type_name for p in PARAMETERS}
+    names_of = {"string": "str", "int": "int", "bool": "bool", "double": "float"}
+    for arg, (param, kind) in overrides.items():
+        assert names_of[kinds[param]] == kind, f"{arg} overrides {param} ({kinds[param]}) as {kind}"
+    assert {"image_size", "num_threads", "autostart"} <= set(overrides), "size, threads and lifecycle from launch"
     strings = _strings(tree)
     assert {"saliency_node", "m4sam_saliency", "m4sam_ros"} <= strings
     assert NODE_INPUTS <= strings, "every node input must be remapped"
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCH))
+def test_launch_arguments_become_typed_parameters(name):
+    """launch_ros refuses an int parameter given as the text "64": the launch file converts, and a typo
+    stops the launch naming the argument."""
+    typed = _function(_module(LAUNCH[name]), "_typed")
+    assert typed("image_size", "64", "int") == 64 and typed("autostart", "False", "bool") is False
+    with pytest.raises(RuntimeError, match="num_threads:='two' must be an integer"):
+        typed("num_threads", "two", "int")
+    with pytest.raises(RuntimeError, match="autostart:='yes please' must be true or false"):
+        typed("autostart", "yes please", "bool")
+
+
+def test_realsense_launch_says_how_to_get_a_missing_driver(monkeypatch, tmp_path):
+    """Without realsense2_camera, launch alone says "package not found": ours says what to install."""
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))  # a sourced ROS environment without the driver
+    require = _function(_module(LAUNCH["realsense"]), "_require_package")
+    with pytest.raises(RuntimeError, match="no_such_camera_driver is not installed: apt install it"):
+        require("no_such_camera_driver", "apt install it")
 
 
 def test_launch_files_offer_the_same_model_and_engine_overrides():
@@ -142,9 +169,26 @@ def _node_actions(path: Path, arguments: dict[str, str]):
     return nodes, context
 
 
-@pytest.mark.launch
-def test_realsense_launch_resolves_nodes_and_remappings():
+def _ros_environment(request, monkeypatch) -> None:
+    """launch_ros importable (else skip: not installable from pip), and this package installed
+    where launch looks for it: a colcon install space of it, sourced into this process."""
     pytest.importorskip("launch_ros")
+    install = request.getfixturevalue("colcon_install")
+    for key, value in sourced_environment(install).items():
+        monkeypatch.setenv(key, value)
+    # the installed executables start with ``#!/usr/bin/env python3``: the venv's, as for a user who activated it
+    monkeypatch.setenv("PATH", f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.launch
+def test_realsense_launch_resolves_nodes_and_remappings(request, monkeypatch):
+    _ros_environment(request, monkeypatch)
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    try:
+        get_package_share_directory("realsense2_camera")
+    except PackageNotFoundError:
+        pytest.skip("realsense2_camera is not installed (sudo apt install ros-$ROS_DISTRO-realsense2-camera)")
     nodes, context = _node_actions(LAUNCH["realsense"], {"camera_namespace": "cam_ns", "camera_name": "d435",
                                                           "rviz": "true"})
     executables = [n.node_executable for n in nodes]
@@ -159,20 +203,21 @@ def test_realsense_launch_resolves_nodes_and_remappings():
 
 @pytest.mark.launch
 @pytest.mark.slow
-def test_saliency_launch_starts_the_node():
-    pytest.importorskip("launch_ros")
+def test_saliency_launch_starts_the_node(request, monkeypatch):
+    _ros_environment(request, monkeypatch)
     import rclpy
     from launch import LaunchDescription, LaunchService
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
 
     domain = 1 + (os.getpid() + 50) % 100
-    os.environ["ROS_DOMAIN_ID"] = str(domain)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     service = LaunchService()
     service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(LAUNCH["saliency"])),
-        launch_arguments={"preset": "test", "namespace": "launch_test"}.items())]))
+        launch_arguments={"preset": "test", "image_size": "64", "num_threads": "1",
+                          "namespace": "launch_test"}.items())]))
     found = threading.Event()
 
     def probe() -> None:
@@ -194,5 +239,6 @@ def test_saliency_launch_starts_the_node():
     prober.start()
     code = service.run()  # the main thread: launch installs signal handlers
     prober.join(timeout=30)
-    assert found.is_set(), "saliency.launch.py did not bring up /launch_test/m4sam_saliency within 60 s"
+    assert found.is_set(), ("saliency.launch.py did not bring up /launch_test/m4sam_saliency within 60 s; "
+                            "the launch output above says why")
     assert code == 0
