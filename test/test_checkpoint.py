@@ -142,3 +142,13 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
     torch.save({"model": state}, tmp_path / "sam2.pt")
     with pytest.raises(CheckpointError, match=f"non-finite.*{key}"):
         load_sam2_checkpoint(model, tmp_path / "sam2.pt")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_adapter_files_of_the_earlier_encoder_are_refused_with_the_reason(tmp_path, version):
+    model = build_m4sam("test", image_size=SIZE)
+    path = save_adapter(model, tmp_path / "adapter.pt")
+    payload = torch.load(path, weights_only=True)
+    torch.save(dict(payload, version=version), path)
+    with pytest.raises(CheckpointError, match=f"version {version}: weights of M4-SAM's earlier encoder.*retrain"):
+        load_adapter(model, path)

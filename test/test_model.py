@@ -87,8 +87,7 @@ def test_dispatcher_sends_each_half_to_its_modality_group():
     with torch.no_grad():
         before = model.image_encoder.trunk(x)[-1]
         for dispatcher in model.adapter.moe_lora:
-            for expert in dispatcher.depth.experts:
-                expert.up.weight.mul_(3.0)
+            dispatcher.depth.up.weight.mul_(3.0)
         after = model.image_encoder.trunk(x)[-1]
     assert torch.equal(before[0], after[0])
     assert not torch.allclose(before[1], after[1])
@@ -108,24 +107,70 @@ def test_router_top_k_weights_sum_to_one():
 def test_router_is_per_modality_and_per_sample(model):
     dispatcher = model.adapter.moe_lora[0]
     assert dispatcher.rgb.router is not dispatcher.depth.router
-    assert len(dispatcher.rgb.experts) == len(dispatcher.depth.experts) == model.config.adapter.experts_per_modality
-    kernels = [e.conv.kernel_size[0] for e in dispatcher.rgb.experts]
-    assert kernels == [1, 3, 5]  # experts see different neighbourhoods
     tokens = torch.randn(3, 16, 16, dispatcher.rgb.router.proj.in_features)
     w_rgb, w_depth = dispatcher.rgb.router(tokens), dispatcher.depth.router(tokens)
+    assert w_rgb.shape == (3, model.config.adapter.experts_per_modality)
     assert not torch.allclose(w_rgb, w_depth)
     # per sample: a sample's weights do not depend on the others in the batch
     assert torch.allclose(dispatcher.rgb.router(tokens[:1]), w_rgb[:1])
 
 
+def _expert_by_expert(group, x: torch.Tensor) -> torch.Tensor:
+    """The mixture written out one expert at a time, each with its own k x k kernel: what the
+    batched group must compute."""
+    rank, weights = group.rank, group.router(x)
+    out = torch.zeros(*x.shape[:3], group.up.out_features)
+    for expert in range(weights.shape[1]):
+        rows = slice(expert * rank, (expert + 1) * rank)
+        support = group.kernel_mask[rows.start, 0].sum().sqrt().int().item()
+        offset = (group.conv.kernel_size[0] - support) // 2
+        kernel = group.conv.weight[rows, :, offset:offset + support, offset:offset + support]
+        h = x @ group.down.weight[rows].T
+        h = torch.nn.functional.conv2d(h.permute(0, 3, 1, 2), kernel, padding=support // 2,
+                                       groups=1 if group.conv.groups < rank * weights.shape[1] else rank)
+        h = torch.nn.functional.gelu(h).permute(0, 2, 3, 1)
+        out = out + weights[:, expert, None, None, None] * (h @ group.up.weight[:, rows].T)
+    return out
+
+
+@pytest.mark.parametrize("expert_conv", ["full", "depthwise"])
+def test_batched_experts_equal_the_expert_by_expert_mixture(expert_conv):
+    """Three batched ops per group compute exactly the per-expert mixture, each expert keeping
+    its own neighbourhood (kernel sizes 1, 3, 5 under one mask)."""
+    model = build_m4sam("test", image_size=SIZE, seed=0, expert_conv=expert_conv)
+    _perturb_trainable(model)  # also sets weights outside the masks: they must play no part
+    group = model.adapter.moe_lora[0].rgb
+    supports = [group.kernel_mask[e * group.rank, 0].sum().sqrt().item() for e in range(3)]
+    assert supports == [1.0, 3.0, 5.0]
+    x = torch.randn(2, 16, 16, group.down.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(group(x), _expert_by_expert(group, x), rtol=1e-5, atol=1e-5)
+
+
+def test_depth_runs_only_the_early_stages():
+    """Depth enters the trunk's first ``depth_stages`` stages only: depth experts of later blocks
+    play no part, those of early blocks do, and the RGB path stays SAM2's trunk with RGB experts."""
+    model = build_m4sam("test", image_size=SIZE, seed=0)
+    _perturb_trainable(model)
+    rgb, depth, present = _inputs(batch=1)
+    split = model.image_encoder.trunk.stage_ends[model.config.adapter.depth_stages - 1]
+    with torch.no_grad():
+        before = model.encode(rgb, depth, present)
+        for dispatcher in model.adapter.moe_lora[split + 1:]:
+            dispatcher.depth.up.weight.mul_(3.0)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.encode(rgb, depth, present)))
+        model.adapter.moe_lora[0].depth.up.weight.mul_(3.0)
+        assert not torch.allclose(model.encode(rgb, depth, present).image_embed, before.image_embed)
+
+
 def test_fusion_gate_collapses_to_the_present_modality():
-    fusion = GatedMultiLevelFusion(channels=8, num_levels=3, kernel_size=3, gate_init_bias=0.0,
+    fusion = GatedMultiLevelFusion(widths=(4, 8, 16), kernel_sizes=(3, 3, 1), gate_init_bias=0.0,
                                    topdown_init_bias=0.0)
     with torch.no_grad():
         for p in fusion.parameters():
             p.normal_(0, 0.3)
-    rgb = [torch.randn(3, 8, s, s) for s in (16, 8, 4)]
-    depth = [torch.randn(3, 8, s, s) for s in (16, 8, 4)]
+    rgb = [torch.randn(3, c, s, s) for c, s in ((4, 16), (8, 8), (16, 4))]
+    depth = [torch.randn(3, c, s, s) for c, s in ((4, 16), (8, 8), (16, 4))]
     present = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # both, RGB only, depth only
     gate = fusion.cross_modal[2].gate(rgb[2], depth[2], present)
     assert ((gate[0] > 0) & (gate[0] < 1)).all()
@@ -137,6 +182,8 @@ def test_fusion_gate_collapses_to_the_present_modality():
     assert torch.equal(fused[2][1], rgb[2][1]) and torch.equal(fused[2][2], depth[2][2])
     # finer levels get a gated top-down contribution from the coarser one
     assert not torch.allclose(fused[0][1], rgb[0][1])
+    with pytest.raises(ValueError, match=r"widths \(4, 8, 16\)"):
+        fusion(rgb[::-1], depth, present)
 
 
 def test_rgb_only_and_depth_only_encode(model):
@@ -167,12 +214,11 @@ def test_encode_rgb_equals_encode_without_depth_and_uses_rgb_experts_only():
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
         assert current_routing() == "pair"  # routing restored after the pass
         for dispatcher in model.adapter.moe_lora:
-            for expert in dispatcher.depth.experts:
-                expert.up.weight.mul_(3.0)
+            dispatcher.depth.up.weight.mul_(3.0)
+        model.adapter.depth_levels.project[0].weight.mul_(3.0)
         assert torch.equal(model.encode_rgb(rgb).image_embed, single.image_embed)
         for dispatcher in model.adapter.moe_lora:
-            for expert in dispatcher.rgb.experts:
-                expert.up.weight.mul_(3.0)
+            dispatcher.rgb.up.weight.mul_(3.0)
         assert not torch.allclose(model.encode_rgb(rgb).image_embed, single.image_embed)
     with pytest.raises(ValueError, match="encode_rgb expects rgb"):
         model.encode_rgb(rgb[:, :2])
@@ -206,7 +252,7 @@ def test_only_adapters_and_fusion_train(model):
     assert trainable and all(n.startswith(TRAINABLE_PREFIXES) for n in trainable)
     assert any(n.startswith("adapter.moe_lora.") for n in trainable) and any(n.startswith("adapter.fusion.") for n in trainable)
     counts = parameter_counts(model)
-    assert counts["trainable"] == counts["moe_lora"] + counts["fusion"] > 0
+    assert counts["trainable"] == counts["moe_lora"] + counts["depth_levels"] + counts["fusion"] > 0
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     # gradients reach the adapters through the frozen trunk
     trained = copy.deepcopy(model).train()
@@ -263,6 +309,10 @@ def test_config_validation():
         preset_config("test", router_top_k=5)
     with pytest.raises(ValueError, match="odd"):
         preset_config("test", expert_kernel_sizes=(2,))
+    with pytest.raises(ValueError, match="depth_stages must be one of"):
+        preset_config("test", depth_stages=4)
+    with pytest.raises(ValueError, match="fusion_kernel_sizes"):
+        preset_config("test", fusion_kernel_sizes=(3, 3))
     cfg = preset_config("test", image_size=128, lora_rank=4)
     assert M4SAMConfig.from_dict(cfg.to_dict()) == cfg
 

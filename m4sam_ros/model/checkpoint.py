@@ -5,8 +5,9 @@
   (a hiera_s file given to a hiera_t preset must not half-load).
 * Adapter files hold only the trainable tensors (the model's ``adapter``) and the model
   config they were trained with; loading refuses a model whose SAM2 architecture or
-  adapter config differs. Version 1 files (MoE-LoRA fields flat in the config, keys
-  ``moe_lora.*`` / ``fusion.*``) are read as the version 2 layout they correspond to.
+  adapter config differs. Files of versions 1 and 2 hold M4-SAM's earlier encoder (depth
+  through the whole trunk, fusion on the FPN levels): no conversion exists, they are
+  refused with that reason.
 * Every tensor loaded must be finite: NaN/inf (a corrupt byte, a diverged run) is refused,
   naming the tensors, instead of serving empty masks that look healthy.
 * Everything is read with ``torch.load(weights_only=True)``; unreadable files raise
@@ -22,10 +23,10 @@ from m4sam_ros.model.config import M4SAMConfig
 from m4sam_ros.model.m4sam import M4SAM
 
 ADAPTER_FORMAT = "m4sam-adapter"
-ADAPTER_VERSION = 2
-_V1_ADAPTER_FIELDS = ("lora_rank", "experts_per_modality", "expert_kernel_sizes", "expert_conv", "router_top_k",
-                     "shared_experts", "lora_scale", "fusion_kernel_size", "fusion_gate_init_bias",
-                     "topdown_gate_init_bias")
+ADAPTER_VERSION = 3
+# versions this code cannot read, and why
+_RETIRED_VERSIONS = {1: "M4-SAM's earlier encoder (depth through the whole trunk, fusion on the FPN levels)",
+                     2: "M4-SAM's earlier encoder (depth through the whole trunk, fusion on the FPN levels)"}
 _SHOW = 8  # keys named in an error message
 
 
@@ -118,8 +119,10 @@ def _adapter_payload(path: Path) -> tuple[M4SAMConfig, dict]:
         hint = " (it looks like a SAM2 checkpoint: load it with load_sam2_checkpoint)" if (
             isinstance(payload, dict) and "model" in payload) else ""
         raise CheckpointError(f"{path} is not an M4-SAM adapter file{hint}")
-    if payload.get("version") == 1:
-        payload = _upgrade_v1(payload)
+    if payload.get("version") in _RETIRED_VERSIONS:
+        raise CheckpointError(f"{path} has adapter format version {payload['version']}: weights of "
+                              f"{_RETIRED_VERSIONS[payload['version']]}, which this code no longer builds and "
+                              f"cannot convert; retrain the adapter with `m4sam train`")
     if payload.get("version") != ADAPTER_VERSION:
         raise CheckpointError(f"{path} has adapter format version {payload.get('version')}, "
                               f"this code reads version {ADAPTER_VERSION}")
@@ -130,16 +133,6 @@ def _adapter_payload(path: Path) -> tuple[M4SAMConfig, dict]:
     if not isinstance(payload.get("state_dict"), dict):
         raise CheckpointError(f"{path} has no 'state_dict' of adapter tensors")
     return config, payload["state_dict"]
-
-
-def _upgrade_v1(payload: dict) -> dict:
-    """Version 1 (M4-SAM's MoE-LoRA the only adapter): its fields and tensors, nested."""
-    config = dict(payload.get("config") or {})
-    config["adapter"] = {"kind": "moe_lora", **{k: config.pop(k) for k in _V1_ADAPTER_FIELDS if k in config}}
-    state = payload.get("state_dict")
-    if isinstance(state, dict):
-        state = {f"adapter.{k}": v for k, v in state.items()}
-    return dict(payload, version=ADAPTER_VERSION, config=config, state_dict=state)
 
 
 def load_adapter(model: M4SAM, path: str | Path) -> None:

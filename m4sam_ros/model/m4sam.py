@@ -5,11 +5,12 @@ official checkpoint loads strictly) with one trainable addition, ``adapter``: an
 the adapter registry (``model.adapters``) hooked into the Hiera trunk. The model is split
 the way it runs:
 
-* ``encode(rgb, depth, modality_present)`` - the heavy, stateless part (Hiera + adapter +
-  FPN + the adapter's fusion + SAM2's high-res projections). Tensors in, tensors out; also
-  ``forward``, so it exports to ONNX / TensorRT as is. ``encode_rgb(rgb)`` is the same for
-  frames without depth (depth dropped out) at half the cost: one modality, one pass.
-  ``encode_sam2(rgb)`` is SAM2's own image encoder, the adapter bypassed: zero-shot.
+* ``encode(rgb, depth, modality_present)`` - the heavy, stateless part: the adapter's
+  ``encode`` composing SAM2's trunk, neck and high-res projections with its own parts
+  (M4-SAM: experts in the trunk, a short depth branch, gated fusion). Tensors in, tensors
+  out; also ``forward``, so it exports to ONNX / TensorRT as is. ``encode_rgb(rgb)`` is the
+  same for frames without depth, computing no depth at all. ``encode_sam2(rgb)`` is SAM2's
+  own image encoder, the adapter bypassed: zero-shot.
 * ``condition_on_memory`` / ``decode`` / ``mask_as_output`` / ``encode_memory`` - the light,
   stateful part, delegating to SAM2Base's own methods. The temporal state is not the
   model's: ``new_memory`` makes one (``model.memory``), whose ``step`` runs these stages for
@@ -38,6 +39,7 @@ from sam2.modeling.sam2_base import SAM2Base
 
 from m4sam_ros.model.adapters import TrunkGeometry, build_adapter, routing
 from m4sam_ros.model.config import M4SAMConfig, preset_config
+from m4sam_ros.model.features import EncodedFrame
 from m4sam_ros.model.memory import MemoryBank, MemoryView, StreamMemory
 
 # The only submodule that trains; everything else is frozen SAM2.
@@ -45,15 +47,6 @@ TRAINABLE_PREFIXES = ("adapter.",)
 # Normalisation the tracker, training and evaluation share: RGB and 3-channel depth alike.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class EncodedFrame(NamedTuple):
-    """Output of ``M4SAM.encode`` (B frames, image size S, C = d_model)."""
-
-    image_embed: torch.Tensor  # (B, C, S/16, S/16) fused stride-16 features
-    high_res_s4: torch.Tensor  # (B, C/8, S/4, S/4) after SAM2's conv_s0
-    high_res_s8: torch.Tensor  # (B, C/4, S/8, S/8) after SAM2's conv_s1
-    pos_enc: torch.Tensor  # (B, C, S/16, S/16) sine position encoding of image_embed
 
 
 class DecoderOutput(NamedTuple):
@@ -179,25 +172,15 @@ class M4SAM(SAM2Base):
         present = modality_present.to(rgb.dtype)
         if self.training:
             present = modality_dropout(present, *self.config.modality_dropout)
-        batch = rgb.shape[0]
-        # one batch of two modalities through the shared encoder: B RGB, then B depth
-        pair = torch.cat([rgb * present[:, 0, None, None, None],
-                          depth * present[:, 1, None, None, None]])  # (2B, 3, S, S)
-        with routing("pair"):
-            backbone = self.image_encoder(pair)
-        levels = backbone["backbone_fpn"]  # [(2B, C, S/4, S/4), (2B, C, S/8, S/8), (2B, C, S/16, S/16)]
-        fused = self.adapter.fuse([f[:batch] for f in levels], [f[batch:] for f in levels], present)
-        return self._encoded(fused, backbone["vision_pos_enc"][-1][:batch])
+        return self.adapter.encode(self, rgb * present[:, 0, None, None, None],
+                                   depth * present[:, 1, None, None, None], present)
 
     def encode_rgb(self, rgb: torch.Tensor) -> EncodedFrame:
-        """Encode B frames that have no depth: equal to ``encode(rgb, 0, [[1, 0]] * B)`` at half
-        the encoder cost (the adapter's ``refine`` is its ``fuse`` with depth absent, so the
-        depth half of ``encode``'s batch is never computed).
+        """Encode B frames that have no depth: equal to ``encode(rgb, 0, [[1, 0]] * B)`` without
+        computing any depth (the adapter's ``encode_rgb``).
         rgb: (B, 3, S, S) ImageNet-normalised RGB -> EncodedFrame (see ``encode``)."""
         self._check_rgb(rgb, "encode_rgb")
-        with routing("rgb"):
-            backbone = self.image_encoder(rgb)
-        return self._encoded(self.adapter.refine(list(backbone["backbone_fpn"])), backbone["vision_pos_enc"][-1])
+        return self.adapter.encode_rgb(self, rgb)
 
     def encode_sam2(self, rgb: torch.Tensor) -> EncodedFrame:
         """SAM2's own image features (as ``SAM2Base.forward_image``), the adapter bypassed:
@@ -205,20 +188,34 @@ class M4SAM(SAM2Base):
         M4-SAM's top-down gates would leak sigmoid(bias) of the coarse level). rgb: (B, 3, S, S)."""
         self._check_rgb(rgb, "encode_sam2")
         with routing("off"):
-            backbone = self.image_encoder(rgb)
-        return self._encoded(list(backbone["backbone_fpn"]), backbone["vision_pos_enc"][-1])
+            return self.sam2_frame(rgb)
 
     def _check_rgb(self, rgb: torch.Tensor, what: str) -> None:
         size = self.config.image_size
         if rgb.dim() != 4 or rgb.shape[1:] != (3, size, size):
             raise ValueError(f"{what} expects rgb of shape (B, 3, {size}, {size}), got {tuple(rgb.shape)}")
 
-    def _encoded(self, fused: list[torch.Tensor], pos_enc: torch.Tensor) -> EncodedFrame:
-        """Fused FPN levels (strides 4, 8, 16) -> what the decoder and memory stages read."""
+    # ---- SAM2's encoder, the pieces adapters compose (``adapters.base``) ----------------------
+    def sam2_frame(self, images: torch.Tensor) -> EncodedFrame:
+        """SAM2's image encoder and high-res projections on ``images``, under the caller's routing."""
+        backbone = self.image_encoder(images)
+        return self.project_fpn(list(backbone["backbone_fpn"]), backbone["vision_pos_enc"][-1])
+
+    def frame_from_stages(self, stage_outputs: list[torch.Tensor]) -> EncodedFrame:
+        """The trunk's four stage outputs (first stage first) through SAM2's neck and projections:
+        the rest of ``sam2_frame`` for a trunk run stage by stage (``model.trunk``)."""
+        encoder = self.image_encoder
+        levels, pos = encoder.neck(stage_outputs)
+        if encoder.scalp > 0:
+            levels, pos = levels[:-encoder.scalp], pos[:-encoder.scalp]
+        return self.project_fpn(list(levels), pos[-1])
+
+    def project_fpn(self, levels: list[torch.Tensor], pos_enc: torch.Tensor) -> EncodedFrame:
+        """FPN levels (strides 4, 8, 16, each C wide) -> what the decoder and memory stages read."""
         return EncodedFrame(
-            image_embed=fused[2],
-            high_res_s4=self.sam_mask_decoder.conv_s0(fused[0]),
-            high_res_s8=self.sam_mask_decoder.conv_s1(fused[1]),
+            image_embed=levels[2],
+            high_res_s4=self.sam_mask_decoder.conv_s0(levels[0]),
+            high_res_s8=self.sam_mask_decoder.conv_s1(levels[1]),
             pos_enc=pos_enc,
         )
 

@@ -1,18 +1,21 @@
 """The adapter seam: what M4SAM asks of a trainable RGB-D adapter, and how modalities are routed.
 
-An adapter is everything a model variant trains on top of the frozen SAM2: it hooks into
-the Hiera trunk's blocks (``attach``), turns the per-modality FPN levels into the levels
-SAM2's decoder reads (``fuse`` for RGB-D, ``refine`` for RGB alone) and says which temporal
+An adapter is everything a model variant trains on top of the frozen SAM2. It hooks into
+the Hiera trunk's blocks (``attach``), encodes a frame (``encode`` for RGB-D, ``encode_rgb``
+for RGB alone) by composing SAM2's frozen pieces with its own, and says which temporal
 memory its learned mode streams with (``memory``: SAM2's bank, or one of its own from
-``new_memory``). Its parameters are the trainable ones,
-all of them, so the model, checkpoints and training never name an adapter's parts.
+``new_memory``). Its parameters are the trainable ones, all of them, so the model,
+checkpoints and training never name an adapter's parts.
 
-The trunk always sees RGB-D as one batch of two, B RGB samples then B depth samples, like
-the papers' shared encoder. Which layout the batch currently has is the *routing*, set
-for a block of code with ``routing(mode)`` and read by the hooks with ``current_routing()``;
+Two ways to encode: an adapter that fuses SAM2's FPN levels implements ``fuse``/``refine``
+and keeps the default ``encode`` (RGB and depth through the whole trunk as one batch of
+two, like the papers' shared encoder); one that changes how the trunk runs (M4-SAM's short
+depth branch) overrides ``encode``/``encode_rgb``, running the trunk stage by stage
+(``model.trunk``). Which layout the trunk's batch currently has is the *routing*, set for
+a block of code with ``routing(mode)`` and read by the hooks with ``current_routing()``;
 it lives in a context variable, so two threads encoding at once never see each other's:
-"pair" (B RGB then B depth), "rgb" (B RGB only: a frame without depth) or "off" (adapters
-bypassed: SAM2's own encoder, zero-shot mode).
+"pair" (B RGB then B depth), "rgb" (B RGB only) or "off" (adapters bypassed: SAM2's own
+encoder, zero-shot mode).
 """
 from __future__ import annotations
 
@@ -22,11 +25,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from sam2.modeling.backbones.hieradet import Hiera
 from torch import nn
+
+from m4sam_ros.model.features import EncodedFrame
+from m4sam_ros.model.trunk import stage_widths
+
+if TYPE_CHECKING:
+    from m4sam_ros.model.m4sam import M4SAM
 
 ROUTINGS = ("pair", "rgb", "off")
 _ROUTING: contextvars.ContextVar[str] = contextvars.ContextVar("m4sam_adapter_routing", default="pair")
@@ -76,6 +85,16 @@ class TrunkGeometry:
     d_model: int  # FPN / decoder width
     image_size: int  # square model input
 
+    @property
+    def stage_widths(self) -> list[int]:
+        """Channels of each trunk stage's output, first stage first."""
+        return stage_widths(self.trunk)
+
+    @property
+    def decoder_widths(self) -> tuple[int, int, int]:
+        """Widths SAM2's decoder reads at strides 4, 8, 16 (after its conv_s0 / conv_s1)."""
+        return self.d_model // 8, self.d_model // 4, self.d_model
+
     def block_input_sizes(self) -> list[int]:
         """Side of each Hiera block's input token grid: stride 4 after the patch embedding,
         halved after every block that pools its queries."""
@@ -102,15 +121,34 @@ class Adapter(nn.Module, ABC):
     def attach(self, geometry: TrunkGeometry) -> None:
         """Hook into the trunk's blocks; called once, by the model that owns both."""
 
-    @abstractmethod
+    def encode(self, model: "M4SAM", rgb: torch.Tensor, depth: torch.Tensor,
+               modality_present: torch.Tensor) -> EncodedFrame:
+        """B RGB-D frames (an absent modality's input already zeroed; modality_present (B, 2))
+        -> the frame the decoder reads. Default: the pair through SAM2's whole encoder as one
+        batch of two, ``fuse`` of the FPN levels, SAM2's high-res projections."""
+        batch = rgb.shape[0]
+        with routing("pair"):
+            backbone = model.image_encoder(torch.cat([rgb, depth]))
+        levels = backbone["backbone_fpn"]
+        fused = self.fuse([f[:batch] for f in levels], [f[batch:] for f in levels], modality_present)
+        return model.project_fpn(fused, backbone["vision_pos_enc"][-1][:batch])
+
+    def encode_rgb(self, model: "M4SAM", rgb: torch.Tensor) -> EncodedFrame:
+        """``encode`` of frames without depth, computing no depth. Default: SAM2's encoder on the
+        RGB alone, then ``refine`` of its FPN levels."""
+        with routing("rgb"):
+            backbone = model.image_encoder(rgb)
+        return model.project_fpn(self.refine(list(backbone["backbone_fpn"])), backbone["vision_pos_enc"][-1])
+
     def fuse(self, rgb_levels: list[torch.Tensor], depth_levels: list[torch.Tensor],
              modality_present: torch.Tensor) -> list[torch.Tensor]:
-        """Per-modality FPN levels (finest first, each (B, C, H_l, W_l)) and modality_present
-        (B, 2) -> the levels the decoder reads."""
+        """For the default ``encode``: per-modality FPN levels (finest first, each (B, C, H_l, W_l))
+        and modality_present (B, 2) -> the fused FPN levels."""
+        raise NotImplementedError(f"adapter {self.kind!r} must implement fuse/refine or override encode/encode_rgb")
 
-    @abstractmethod
     def refine(self, rgb_levels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``fuse`` for frames without depth: equal to it with depth marked absent."""
+        """For the default ``encode_rgb``: ``fuse`` with depth marked absent."""
+        raise NotImplementedError(f"adapter {self.kind!r} must implement fuse/refine or override encode/encode_rgb")
 
     def new_memory(self, num_memory_frames: int):
         """An empty temporal memory of this adapter's own (``model.memory.StreamMemory``); only

@@ -1,13 +1,20 @@
-"""M4-SAM's adapter: a modality-aware mixture of convolutional LoRA experts on Hiera's ``qkv``,
-and gated multi-level fusion of the two modalities' FPN levels.
+"""M4-SAM's adapter: modality-aware mixture of conv-LoRA experts, a short depth branch, gated fusion.
 
-RGB and depth share one frozen Hiera (one batch of two: B RGB then B depth). Each block
-gets a low-rank update of its ``qkv`` projection whose bottleneck is a k x k conv over the
-block's full (H, W) token grid, so the adapter sees local spatial context that a linear
-LoRA cannot (depth edges, object boundaries). A dispatcher sends the RGB half of the batch
-to the RGB experts and the depth half to the depth experts (plus, optionally, every
-sample to shared experts); inside a group a per-sample router weights the experts. The
-routing (``adapters.base``) says what the batch holds: "pair", "rgb" or "off".
+RGB and depth share one frozen Hiera. Each block gets a low-rank update of its ``qkv``
+projection whose bottleneck is a k x k conv over the block's full (H, W) token grid, so the
+adapter sees local spatial context that a linear LoRA cannot (depth edges, object
+boundaries). A dispatcher sends the RGB half of the batch to the RGB experts and the depth
+half to the depth experts (plus, optionally, every sample to shared experts); inside a
+group a per-sample router weights the experts. The routing (``adapters.base``) says what
+the batch holds: "pair", "rgb" or "off".
+
+Where this differs from the paper, and why (measured with ``m4sam flops``): the paper sends
+depth through the whole trunk and fuses the 256-channel FPN levels, 2.45x SAM2's FLOPs per
+frame at hiera_t 512². Here depth runs only the first ``depth_stages`` stages (as a batch
+of two with RGB), RGB continues alone, a light head (``DepthLevels``) maps depth's stage
+outputs to the widths SAM2's decoder reads, and the gated fusion works there
+(``fusion.py``). The experts of a group run as three batched operations, not one chain per
+expert: far fewer graph nodes for ONNX Runtime and TensorRT.
 
 The update is added by one forward hook on ``attn.qkv``, so the frozen SAM2 modules and
 their state-dict keys stay untouched and an official checkpoint loads strictly. The hook
@@ -19,18 +26,24 @@ with static shapes: no data-dependent branches, so the encoder exports to ONNX.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from sam2.modeling.backbones.utils import window_partition, window_unpartition
 from torch import nn
 
-from m4sam_ros.model.adapters.base import Adapter, AdapterConfig, TrunkGeometry, current_routing
+from m4sam_ros.model.adapters.base import Adapter, AdapterConfig, TrunkGeometry, current_routing, routing
 from m4sam_ros.model.adapters.fusion import GatedMultiLevelFusion
+from m4sam_ros.model.features import EncodedFrame
+from m4sam_ros.model.trunk import embed, run_stages
+
+if TYPE_CHECKING:
+    from m4sam_ros.model.m4sam import M4SAM
 
 EXPERT_CONVS = ("full", "depthwise")
-FPN_LEVELS = 3  # strides 4, 8, 16 (SAM2's scalp=1 drops stride 32)
+FUSION_LEVELS = 3  # strides 4, 8, 16: what SAM2's decoder reads (its scalp=1 drops stride 32)
+DEPTH_STAGES = (2, 3)  # stage 1 alone is one or two blocks; stage 4 (stride 32) is never read
 
 
 @dataclass(frozen=True)
@@ -39,9 +52,12 @@ class MoELoRAConfig(AdapterConfig):
     so experts of one group see different neighbourhoods), expert_conv ("full" r->r conv or
     "depthwise"), router_top_k, shared_experts (0 = no shared group), lora_scale (multiplies
     the adapter update).
-    Fusion: fusion_kernel_size, fusion_gate_init_bias (the cross-modal gate starts at
-    sigmoid(bias) toward RGB, the modality SAM2 was trained on), topdown_gate_init_bias (the
-    top-down gate starts nearly closed so a fresh model stays close to SAM2)."""
+    Depth branch: depth_stages, the Hiera stages depth runs through (2 or 3 of 4; stage 4 is
+    stride 32, which SAM2's decoder never reads).
+    Fusion: fusion_kernel_sizes per level (strides 4, 8, 16), fusion_gate_init_bias (the
+    cross-modal gate starts at sigmoid(bias) toward RGB, the modality SAM2 was trained on),
+    topdown_gate_init_bias (the top-down gate starts nearly closed so a fresh model stays
+    close to SAM2)."""
 
     kind: ClassVar[str] = "moe_lora"
 
@@ -52,7 +68,8 @@ class MoELoRAConfig(AdapterConfig):
     router_top_k: int = 2
     shared_experts: int = 1
     lora_scale: float = 1.0
-    fusion_kernel_size: int = 3
+    depth_stages: int = 2
+    fusion_kernel_sizes: tuple[int, ...] = (3, 3, 1)
     fusion_gate_init_bias: float = 2.0
     topdown_gate_init_bias: float = -4.0
 
@@ -68,38 +85,22 @@ class MoELoRAConfig(AdapterConfig):
         if not 1 <= self.router_top_k <= self.experts_per_modality:
             raise ValueError(f"router_top_k must be in [1, experts_per_modality={self.experts_per_modality}], "
                              f"got {self.router_top_k}")
-        if self.fusion_kernel_size < 1 or self.fusion_kernel_size % 2 == 0:
-            raise ValueError(f"fusion_kernel_size must be odd and >= 1, got {self.fusion_kernel_size}")
+        if len(self.fusion_kernel_sizes) != FUSION_LEVELS or any(k < 1 or k % 2 == 0 for k in self.fusion_kernel_sizes):
+            raise ValueError(f"fusion_kernel_sizes must be {FUSION_LEVELS} odd sizes >= 1 (strides 4, 8, 16), "
+                             f"got {self.fusion_kernel_sizes}")
+        if self.depth_stages not in DEPTH_STAGES:
+            raise ValueError(f"depth_stages must be one of {DEPTH_STAGES} (Hiera stages depth runs through), "
+                             f"got {self.depth_stages}")
 
     def kernel_size_of_expert(self, index: int) -> int:
         return self.expert_kernel_sizes[index % len(self.expert_kernel_sizes)]
 
 
-class ConvLoRAExpert(nn.Module):
-    """down (C_in -> r) -> k x k conv on the token grid -> GELU -> up (r -> C_out).
-
-    ``up`` starts at zero, so a fresh expert adds exactly nothing.
-    """
-
-    def __init__(self, dim_in: int, dim_out: int, rank: int, kernel_size: int, depthwise: bool):
-        super().__init__()
-        self.down = nn.Linear(dim_in, rank, bias=False)
-        self.conv = nn.Conv2d(rank, rank, kernel_size, padding=kernel_size // 2,
-                              groups=rank if depthwise else 1, bias=False)
-        self.up = nn.Linear(rank, dim_out, bias=False)
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.down(x).permute(0, 3, 1, 2)  # (B, r, H, W)
-        h = F.gelu(self.conv(h)).permute(0, 2, 3, 1)  # (B, H, W, r)
-        return self.up(h)  # (B, H, W, C_out)
-
-
 class ExpertRouter(nn.Module):
     """Per-sample expert weights: softmax over pooled tokens, top-k kept and renormalised.
 
-    Top-k is a mask built with ``scatter`` (not a Python loop over chosen experts), so all
-    experts run and the graph is the same for every input.
+    Top-k keeps the weights at or above the k-th largest (not a Python loop over chosen
+    experts), so all experts run and the graph is the same for every input.
     """
 
     def __init__(self, dim: int, num_experts: int, top_k: int):
@@ -112,30 +113,51 @@ class ExpertRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.proj(x.mean(dim=(1, 2))).softmax(dim=-1)  # (B, E)
         if self.top_k < weights.shape[-1]:
-            chosen = weights.topk(self.top_k, dim=-1).indices  # (B, k)
-            keep = torch.zeros_like(weights).scatter(-1, chosen, 1.0)
-            weights = weights * keep
+            kth = weights.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            weights = torch.where(weights >= kth, weights, torch.zeros_like(weights))
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights
 
 
 class ExpertGroup(nn.Module):
-    """The experts of one modality (or the shared ones) and their router."""
+    """The conv-LoRA experts of one modality (or the shared ones) and their router.
+
+    Expert e is down (C_in -> r) -> k_e x k_e conv on the token grid -> GELU -> up (r -> C_out),
+    weighted by the router. The E experts run as three batched operations: one down
+    projection to E*r channels, one grouped conv (group e = expert e; its k_e x k_e kernel
+    sits in the group's largest kernel under a fixed mask, so each expert keeps its own
+    neighbourhood), one up projection from the router-weighted E*r channels. ``up`` starts at
+    zero, so a fresh group adds exactly nothing.
+    """
 
     def __init__(self, dim_in: int, dim_out: int, num_experts: int, config: MoELoRAConfig):
         super().__init__()
+        rank, kernels = config.lora_rank, [config.kernel_size_of_expert(i) for i in range(num_experts)]
+        channels, size = num_experts * rank, max(kernels)
         self.router = ExpertRouter(dim_in, num_experts, min(config.router_top_k, num_experts))
-        self.experts = nn.ModuleList(
-            ConvLoRAExpert(dim_in, dim_out, config.lora_rank, config.kernel_size_of_expert(i),
-                           depthwise=config.expert_conv == "depthwise")
-            for i in range(num_experts))
+        self.down = nn.Linear(dim_in, channels, bias=False)
+        self.conv = nn.Conv2d(channels, channels, size, padding=size // 2, bias=False,
+                              groups=channels if config.expert_conv == "depthwise" else num_experts)
+        self.up = nn.Linear(channels, dim_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+        mask = torch.zeros(channels, 1, size, size)
+        for expert, kernel in enumerate(kernels):
+            offset = (size - kernel) // 2
+            mask[expert * rank:(expert + 1) * rank, :, offset:offset + kernel, offset:offset + kernel] = 1.0
+        self.register_buffer("kernel_mask", mask, persistent=False)
+        # (E,) router weights -> (E*r,) channel weights, as a matmul: no shape arithmetic in the graph
+        self.register_buffer("spread", torch.eye(num_experts).repeat_interleave(rank, dim=1), persistent=False)
+        with torch.no_grad():
+            self.conv.weight.mul_(mask)  # the stored weights are the ones in use
+        self.rank = rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C_in) -> (B, H, W, C_out)."""
         weights = self.router(x)  # (B, E)
-        out = weights[:, 0, None, None, None] * self.experts[0](x)
-        for index in range(1, len(self.experts)):
-            out = out + weights[:, index, None, None, None] * self.experts[index](x)
-        return out  # (B, H, W, C_out)
+        h = self.down(x).permute(0, 3, 1, 2)  # (B, E*r, H, W)
+        h = F.conv2d(h, self.conv.weight * self.kernel_mask, padding=self.conv.padding, groups=self.conv.groups)
+        h = F.gelu(h) * (weights @ self.spread)[:, :, None, None]  # (B, E*r, H, W)
+        return self.up(h.permute(0, 2, 3, 1))
 
 
 class ModalityDispatcher(nn.Module):
@@ -184,8 +206,26 @@ class ModalityDispatcher(nn.Module):
         return output + update
 
 
+class DepthLevels(nn.Module):
+    """Depth's three feature levels from its stage outputs, in the widths SAM2's decoder reads:
+    a 1x1 projection of each stage output it has (stride 4, 8 and, with three stages, 16),
+    and for two stages a stride-2 3x3 conv of the stride-8 output as its stride-16 level."""
+
+    def __init__(self, stage_widths: list[int], decoder_widths: tuple[int, ...]):
+        super().__init__()
+        self.project = nn.ModuleList(nn.Conv2d(c_in, c_out, 1) for c_in, c_out in zip(stage_widths, decoder_widths))
+        self.down = (nn.Conv2d(stage_widths[-1], decoder_widths[-1], 3, stride=2, padding=1)
+                     if len(stage_widths) < len(decoder_widths) else None)
+
+    def forward(self, stage_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        levels = [project(x) for project, x in zip(self.project, stage_outputs)]
+        if self.down is not None:
+            levels.append(self.down(stage_outputs[-1]))
+        return levels
+
+
 class MoELoRA(Adapter):
-    """One dispatcher per Hiera block and the gated multi-level fusion."""
+    """One dispatcher per Hiera block, the depth branch's head and the gated fusion."""
 
     kind = MoELoRAConfig.kind
     config_type = MoELoRAConfig
@@ -196,16 +236,28 @@ class MoELoRA(Adapter):
         self.moe_lora = nn.ModuleList(
             ModalityDispatcher(block.dim, 3 * block.dim_out, block.window_size, grid, config)
             for block, grid in zip(blocks, geometry.block_input_sizes()))
-        self.fusion = GatedMultiLevelFusion(geometry.d_model, FPN_LEVELS, config.fusion_kernel_size,
+        self.depth_levels = DepthLevels(geometry.stage_widths[:config.depth_stages], geometry.decoder_widths)
+        self.fusion = GatedMultiLevelFusion(geometry.decoder_widths, config.fusion_kernel_sizes,
                                             config.fusion_gate_init_bias, config.topdown_gate_init_bias)
 
     def attach(self, geometry: TrunkGeometry) -> None:
         for block, dispatcher in zip(geometry.trunk.blocks, self.moe_lora):
             block.attn.qkv.register_forward_hook(dispatcher.on_qkv)
 
-    def fuse(self, rgb_levels: list[torch.Tensor], depth_levels: list[torch.Tensor],
-             modality_present: torch.Tensor) -> list[torch.Tensor]:
-        return self.fusion(rgb_levels, depth_levels, modality_present)
+    def encode(self, model: "M4SAM", rgb: torch.Tensor, depth: torch.Tensor,
+               modality_present: torch.Tensor) -> EncodedFrame:
+        """The early stages on RGB and depth as one batch of two, the rest on RGB alone; depth's
+        levels from its early stages; gated fusion at the decoder's widths."""
+        trunk, batch, split = model.image_encoder.trunk, rgb.shape[0], self.config.depth_stages
+        with routing("pair"):
+            tokens, early = run_stages(trunk, embed(trunk, torch.cat([rgb, depth])), range(0, split))
+        with routing("rgb"):
+            _, late = run_stages(trunk, tokens[:batch], range(split, len(trunk.stage_ends)))
+        frame = model.frame_from_stages([x[:batch] for x in early] + late)
+        depth_levels = self.depth_levels([x[batch:] for x in early])
+        return frame.with_levels(self.fusion(frame.levels, depth_levels, modality_present))
 
-    def refine(self, rgb_levels: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.fusion.refine(rgb_levels)
+    def encode_rgb(self, model: "M4SAM", rgb: torch.Tensor) -> EncodedFrame:
+        with routing("rgb"):
+            frame = model.sam2_frame(rgb)
+        return frame.with_levels(self.fusion.refine(frame.levels))
