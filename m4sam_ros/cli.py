@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("m4sam_ros.ros.demo", "run the node on a generated RGB-D stream and report FPS and accuracy"),
+    "delivery": ("m4sam_ros.ros.delivery", "measure how many RGB-D pairs reach a subscriber in another process, per QoS"),
     "run": ("m4sam_ros.ros.offline", "track every frame of a recorded bag offline; write the node's outputs to a bag"),
     "export": ("m4sam_ros.tools.export", "export the encoder and memory attention to ONNX and check ONNX Runtime parity"),
     "build-engine": ("m4sam_ros.tools.build_engine", "build (and cache) TensorRT engines ahead of time"),
