@@ -261,12 +261,15 @@ def read_outputs(path: Path) -> dict[str, list]:
     return out
 
 
-def expected_masks(rec: Recording) -> list[np.ndarray]:
-    """SaliencyTracker.step on the recording's frames, with the node's default settings spelled out."""
+def expected_masks(rec: Recording, initial_mask: np.ndarray | None = None) -> list[np.ndarray]:
+    """SaliencyTracker.step on the recording's frames, with the node's default settings spelled out
+    (seeded from ``initial_mask`` when given)."""
     config = TrackerConfig(image_size=64, num_memory_frames=6, gap_timeout_s=1.0, lost_score_threshold=0.1,
                            lost_patience_frames=15, mode="learned", depth=DepthConfig(min_m=0.1, max_m=10.0),
                            postprocess=PostprocessConfig(threshold=0.5, min_area_fraction=0.001, max_objects=10))
     tracker = SaliencyTracker.from_settings(preset="test", image_size=64, seed=0, config=config)
+    if initial_mask is not None:
+        tracker.reset(initial_mask=initial_mask)
     masks = []
     for i, frame in enumerate(rec.frames):
         stamp = rec.colour_ns[i]
@@ -300,6 +303,29 @@ def test_run_writes_the_trackers_masks_with_the_input_headers(tmp_path: Path, st
                                  "skipped": 0}
     assert summary["written"]["/saliency/mask"] == FRAMES and not summary["interrupted"]
     assert summary["pairing"]["abs_skew_ms"]["max"] == pytest.approx(3.0)
+
+
+def test_run_seeds_the_memory_from_an_initial_mask(tmp_path: Path) -> None:
+    """--initial-mask: the first frame is initialised from the given mask (reason "prompt"), as
+    SaliencyTracker.reset(initial_mask=...) does, and the rest tracks from there."""
+    import cv2
+
+    rec = write_recording(tmp_path / "in", "mcap", "raw", "raw", frames=4)
+    mask = np.zeros((HEIGHT // 2, WIDTH // 2), np.uint8)  # another size than the frames: scaled
+    mask[5:15, 8:20] = 255
+    mask_file = tmp_path / "first.png"
+    cv2.imwrite(str(mask_file), mask)
+    out = tmp_path / "out"
+    assert m4sam(["run", "--bag", str(rec.path), "--out", str(out), "--initial-mask", str(mask_file), *MODEL]) == 0
+    masks = [np.frombuffer(m.data, np.uint8).reshape(HEIGHT, WIDTH) for _, m in read_outputs(out)["/saliency/mask"]]
+    expected = expected_masks(rec, initial_mask=mask)
+    assert all(np.array_equal(got, want) for got, want in zip(masks, expected, strict=True))
+    assert not all(np.array_equal(got, want) for got, want in zip(masks, expected_masks(rec)))  # the mask mattered
+    assert json.loads((out / "summary.json").read_text())["reinitialized"] == {"prompt": 1}
+    empty = tmp_path / "empty.png"
+    cv2.imwrite(str(empty), np.zeros_like(mask))
+    assert m4sam(["run", "--bag", str(rec.path), "--out", str(tmp_path / "o2"), "--initial-mask", str(empty),
+                  *MODEL]) == 2
 
 
 def test_run_skips_undecodable_frames_and_goes_on(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
     m4sam run --bag recording/ --out results/ -p model.sam2_checkpoint:=sam2.1_hiera_tiny.pt
     m4sam run --bag in.mcap --out out --params-file my.yaml --overlay
+    m4sam run --bag in.mcap --out out --initial-mask first_frame_object.png
 
 How recordings are batch-processed and settings compared: no ROS graph and no dropped
 frames. The tracker is built from the node's settings (``--params-file``, the node's YAML,
@@ -16,6 +17,8 @@ Pairing is decided from all stamps first (``m4sam_ros.offline_pairing``: nearest
 within ``sync.slop``, else RGB-only; latest camera_info at or before the frame); frames
 are then decoded and run in recording order, a colour frame waiting only for partners
 recorded after it. A frame that cannot be decoded is skipped and counted, never fatal.
+``--initial-mask`` seeds the memory from a mask of the first frame (what a detector or an
+operator chose) instead of the model's own initialisation, as ``SaliencyTracker.reset`` does.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -59,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the node's parameters YAML (as for --ros-args --params-file)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="a node parameter, e.g. -p model.preset:=hiera_s (repeatable; wins over the file)")
+    parser.add_argument("--initial-mask", type=Path, default=None,
+                        help="image of the object to track in the first frame (nonzero = object, any size: scaled); "
+                             "default: the model's own initialisation")
     parser.add_argument("--overlay", action="store_true", help="also write /saliency/overlay (bgr8)")
     parser.add_argument("--probability", action="store_true",
                         help="also write /saliency/probability (32FC1); publish_probability does too")
@@ -259,6 +266,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists():
         print(f"m4sam run: --out {args.out} exists; bags are never overwritten: choose a new path", file=sys.stderr)
         return 2
+    initial_mask = None
+    if args.initial_mask is not None:
+        initial_mask = cv2.imread(str(args.initial_mask), cv2.IMREAD_GRAYSCALE)
+        if initial_mask is None or not initial_mask.any():
+            what = "cannot be read as an image" if initial_mask is None else "has no nonzero (object) pixel"
+            print(f"m4sam run: --initial-mask {args.initial_mask} {what}", file=sys.stderr)
+            return 2
     try:
         with open_bag(args.bag) as reader:
             streams = resolve_streams(reader, args.rgb_topic, args.depth_topic, args.info_topic)
@@ -266,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
             plans = plan(scan_stamps(reader, streams), settings.sync.slop)
             tracker, engine = build_tracker(settings)
             LOG.info("model ready: %s", engine)
+            if initial_mask is not None:
+                tracker.reset(initial_mask=initial_mask)
             with OutputBag(args.out) as out, logging_redirect_tqdm():
                 stats = OfflineRun(streams, plans, tracker, out, settings, args.overlay, args.probability).run(reader)
             written = dict(out.counts)
