@@ -103,3 +103,19 @@ def test_encoder_static_calls_without_graphs_match_eager(model):
     inputs = example_encoder_inputs(model, generator=torch.Generator().manual_seed(2))
     for got, want in zip(calls("encode", *inputs.values()), encoder(**inputs)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_memory_attention_reads_the_bfloat16_bank(model, precision):
+    """The tracker's bank stores memories in bfloat16; under fp16 autocast SAM2's concatenation of
+    them with float32 pointers is refused unless the engine promotes the bank first."""
+    frame = model.encode(**example_encoder_inputs(model, generator=torch.Generator().manual_seed(0)))
+    view = memory_view(model, 5, 4, torch.Generator().manual_seed(1))
+    for frames in view.output_dict.values():
+        for out in frames.values():
+            if "maskmem_features" in out:
+                out["maskmem_features"] = out["maskmem_features"].to(torch.bfloat16)
+    with torch.inference_mode():
+        want = model.condition_on_memory(frame, view)
+        got = TorchMemoryAttention(model, "cpu", precision)(frame, view)
+    assert got.dtype == torch.float32 and float((got - want).abs().max()) < 5e-2 * float(want.abs().max())

@@ -61,6 +61,23 @@ def _static_calls(functions: dict, device: torch.device, precision: str, cuda_gr
     return StaticCalls(functions, device, precision, cuda_graphs=cuda_graphs, compile=compile)
 
 
+def _float32_bank(memory: MemoryView) -> MemoryView:
+    """The bank with its bfloat16 storage promoted to float32, for fp16 autocast: there SAM2's
+    ``torch.cat`` of bf16 memories and fp32 object pointers is refused (autocast promotes a mix
+    of fp16 and fp32, not bf16 with fp16). fp32 and bf16 runs promote to float32 inside that
+    ``cat`` anyway, so this is the same arithmetic."""
+    def promote(value):
+        if isinstance(value, torch.Tensor):
+            return value.float()
+        if isinstance(value, dict):
+            return {k: promote(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [promote(v) for v in value]
+        return value
+
+    return MemoryView(memory.frame_index, promote(memory.output_dict), memory.num_frames)
+
+
 class _TorchEngine:
     """What both PyTorch engines report about their options."""
 
@@ -144,6 +161,8 @@ class TorchMemoryAttention(_TorchEngine, MemoryAttentionEngine):
 
     def __call__(self, frame: EncodedFrame, memory: MemoryView | None) -> torch.Tensor:
         if self.static is None or memory is None:
+            if memory is not None and self.precision == "fp16":
+                memory = _float32_bank(memory)
             with torch.inference_mode(), _autocast(self.device, self.precision):
                 return self.model.condition_on_memory(frame, memory).float()
         with torch.inference_mode():

@@ -16,7 +16,8 @@ seconds each static call's first call took (warm-up, compile, capture: ``setup_s
 ``--parity-frames N`` first tracks N frames twice, on the engines and on PyTorch FP32 eager
 calls, and reports the worst probability difference and mask IoU: what a precision or an
 option costs in output, next to what it saves in time. The SAM2 peer runs under the same
-autocast precision as our engines (SAM2's own video demo runs in bfloat16 autocast on CUDA).
+autocast precision as our engines (SAM2's own video demo runs in bfloat16 autocast on CUDA),
+bf16 when ours is fp16 (``peer_precision``).
 """
 from __future__ import annotations
 
@@ -199,6 +200,13 @@ def summarise(trace: Trace, warmup: int) -> dict:
             "per_frame_ms": trace.frame_ms, "state_mib_per_frame": trace.state_mib}
 
 
+def peer_precision(precision: str) -> str:
+    """The SAM2 peer's autocast precision: ours, except fp16, where SAM2's own memory attention
+    cannot run (its bank is bfloat16, and fp16 autocast refuses to concatenate bf16 with fp32):
+    the peer then runs bf16, as SAM2's video demo does."""
+    return "bf16" if precision == "fp16" else precision
+
+
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
@@ -286,6 +294,7 @@ def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: E
         "config": {"preset": model_config.name, "image_size": model_config.image_size, "frames": args.frames,
                    "warmup": args.warmup, "camera": list(camera), "backend": engines.choice.backend,
                    "device": str(device), "precision": engines.choice.precision,
+                   "peer_precision": peer_precision(engines.choice.precision) if peer else None,
                    "encoder_engine": engines.encoder.describe(),
                    "memory_attention_engine": engines.memory_attention.describe(),
                    "mode": mode,
@@ -326,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     runners = [ours]
     if not args.no_peer:
         peer = SAM2VideoStream(sam2_predictor(model.config, weights_from=model), device, args.frames, (height, width),
-                               precision=engines.choice.precision)
+                               precision=peer_precision(engines.choice.precision))
         runners.append(SAM2Runner(peer))
     checkpoints = run_streams(camera_frames(args.frames, width, height, args.seed), runners, device)
     report = build_report(args, model.config, engines, (width, height), ours.trace,
