@@ -143,6 +143,10 @@ EOF
     --json "$OUT_DIR/bench_matrix.json" --table "$OUT_DIR/bench_matrix.md" 2> "$OUT_DIR/bench_matrix.stderr"
   grid=$?
   set -e
+  if [ "$grid" -eq 124 ]; then  # stopped from outside mid-run: the table of what was measured
+    say "bench-matrix ran past the time left and was stopped; the grid so far:"
+    cat "$OUT_DIR/bench_matrix.md" 2>/dev/null || true
+  fi
   [ "$grid" -eq 0 ] || tail -n 30 "$OUT_DIR/bench_matrix.stderr"
   say "bench-matrix exit status $grid; tests $tests"
   [ "$tests" -eq 0 ] && [ "$grid" -eq 0 ]

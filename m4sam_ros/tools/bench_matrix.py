@@ -6,7 +6,7 @@ Python, torch and CUDA start-up again. Each grid point is a real `m4sam bench` r
 verb's own argument parser and ``bench.run``); its report goes into the JSON whole. A run
 that fails is recorded with its error and the grid goes on; runs that would start after
 ``--budget-s`` are recorded as skipped, so a fixed lease always ends with a table. The JSON
-is rewritten after every run: a run killed from outside still leaves what was measured.
+and the table are rewritten after every run: a grid killed from outside leaves what it measured.
 """
 from __future__ import annotations
 
@@ -141,6 +141,8 @@ def row(entry: dict) -> dict:
     if report is None:
         return cells
     ours, peer, parity = report["m4sam"], report["sam2"], report["parity"]
+    if point["cuda_graphs"] and not report["config"]["cuda_graphs"]:
+        cells["graphs"] = "refused"  # asked for where CUDA graphs cannot run (the engines ran eagerly)
     cells.update(fps=ours["fps"], ms=ours["end_to_end_ms"]["median"],
                  encoder_ms=ours["stages_ms"]["encoder"]["median"],
                  memory_ms=ours["stages_ms"]["memory_attention"]["median"],
@@ -201,9 +203,8 @@ def run(args: argparse.Namespace) -> int:
                  f", {row(entry).get('fps', 0):.1f} FPS"), flush=True)
         result["seconds"] = time.perf_counter() - started
         json_path.write_text(json.dumps(result, indent=1))
-    text = table(result["runs"])
-    table_path.write_text(text + "\n")
-    print(f"\n{text}\n\nwrote {json_path} and {table_path}")
+        table_path.write_text(table(result["runs"]) + "\n")
+    print(f"\n{table(result['runs'])}\n\nwrote {json_path} and {table_path}")
     failed = [e["name"] for e in result["runs"] if e["status"] == "failed"]
     if failed:
         print(f"failed: {', '.join(failed)} (tracebacks in {args.output_dir}/<name>/bench.log)")
