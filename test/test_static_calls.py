@@ -61,7 +61,10 @@ def test_cuda_graphs_guard_runs_eagerly_where_there_is_no_gpu(model, caplog):
     inputs = example_encoder_inputs(model, generator=torch.Generator().manual_seed(0))
     with caplog.at_level(logging.WARNING, logger="m4sam_ros.engines"):
         engines = create_engines(model, EngineSettings(backend="pytorch", device="cpu", cuda_graphs=True))
-    assert caplog.text.count("CUDA graphs need a CUDA device") == 2  # encoder and memory attention
+    assert caplog.text.count("CUDA graphs need a CUDA device") == 1  # said once for both engines
+    with caplog.at_level(logging.WARNING, logger="m4sam_ros.engines"):
+        assert TorchEncoder(model, "cpu", cuda_graphs=True).static is None  # the engine's own guard
+    assert caplog.text.count("CUDA graphs need a CUDA device") == 2
     assert not engines.encoder.cuda_graphs and engines.encoder.static is None and engines.encoder.first_call_s == {}
     assert engines.encoder.describe() == engines.memory_attention.describe() == "pytorch on cpu (fp32)"
     with torch.inference_mode():

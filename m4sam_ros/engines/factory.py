@@ -24,6 +24,7 @@ from m4sam_ros.engines.graphs import ENCODER, ENCODER_SAM2, MEMORY_ATTENTION, gr
 from m4sam_ros.engines.memory_attention import MemorySlots
 from m4sam_ros.engines.platform import Platform
 from m4sam_ros.engines.selection import AUTO, Choice, select_backend
+from m4sam_ros.engines.static_calls import cuda_graphs_unavailable
 from m4sam_ros.engines.torch_backend import TorchEncoder, TorchMemoryAttention
 from m4sam_ros.model.m4sam import M4SAM
 
@@ -75,7 +76,11 @@ class Engines:
 def _create(model: M4SAM, choice: Choice, settings: EngineSettings) -> Engines:
     backend = BACKENDS[choice.backend]
     if backend.compile is None:
-        options = {"cuda_graphs": settings.cuda_graphs, "compile": settings.compile}
+        cuda_graphs = settings.cuda_graphs
+        if cuda_graphs and (reason := cuda_graphs_unavailable(torch.device(choice.device))):
+            log.warning("cuda_graphs: %s", reason)  # once, not once per engine
+            cuda_graphs = False
+        options = {"cuda_graphs": cuda_graphs, "compile": settings.compile}
         return Engines(TorchEncoder(model, choice.device, choice.precision, **options),
                        TorchMemoryAttention(model, choice.device, choice.precision, **options), choice)
     if settings.cuda_graphs or settings.compile:
