@@ -19,8 +19,9 @@ from m4sam_ros import cli
 from m4sam_ros.learn.distributed import world_from_environment
 from m4sam_ros.learn.train import TrainConfig, Trainer
 
-SETTINGS = dict(image_size=64, steps=4, warmup_steps=1, lr=1e-3, clip_length=2, synthetic_videos=2, synthetic_frames=5,
-                synthetic_height=32, synthetic_width=40, progress=False, checkpoint_every=0, threads=1, batch_size=1)
+SETTINGS = {"image_size": 64, "steps": 4, "warmup_steps": 1, "lr": 1e-3, "clip_length": 2, "synthetic_videos": 2,
+            "synthetic_frames": 5, "synthetic_height": 32, "synthetic_width": 40, "progress": False,
+            "checkpoint_every": 0, "threads": 1, "batch_size": 1}
 
 
 def config(out_dir: Path, device: str = "cpu", **overrides) -> TrainConfig:

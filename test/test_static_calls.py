@@ -93,8 +93,8 @@ def test_compiled_memory_attention_on_the_packed_bank_equals_sam2s(model):
             view = memory_view(model, frame_index, recent, torch.Generator().manual_seed(frame_index))
             want = model.condition_on_memory(frame, view)
             torch.testing.assert_close(engine(frame, view), want, rtol=0, atol=1e-5 * float(want.abs().max()))
-    assert len(engine.static.calls) == 1 and list(engine.first_call_s) == ["memory_attention 1x32x4x4 1x32x4x4 "
-                                                                            "1x144x16 1x144x16 1x144"]
+    shapes = "memory_attention 1x32x4x4 1x32x4x4 1x144x16 1x144x16 1x144"  # the full bank's slots
+    assert len(engine.static.calls) == 1 and list(engine.first_call_s) == [shapes]
 
 
 def test_encoder_static_calls_without_graphs_match_eager(model):

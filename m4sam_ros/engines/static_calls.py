@@ -79,7 +79,8 @@ class StaticCall:
                 self.fn(*self.inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with self.context(), torch.cuda.graph(graph):
+        # thread_local: the node's other threads may touch CUDA while its inference thread captures
+        with self.context(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.outputs = tuple(self.fn(*self.inputs))
         self.graph = graph
 
