@@ -14,12 +14,14 @@ from collections.abc import Sequence
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "demo": ("m4sam_ros.ros.demo", "run the node on a generated RGB-D stream and report FPS and accuracy"),
+    "demo": ("m4sam_ros.ros.demo", "run the node on a rendered robot scene and report FPS and accuracy"),
     "delivery": ("m4sam_ros.ros.delivery", "measure how many RGB-D pairs reach a subscriber in another process, per QoS"),
     "run": ("m4sam_ros.ros.offline", "track every frame of a recorded bag offline; write the node's outputs to a bag"),
     "export": ("m4sam_ros.tools.export", "export the encoder and memory attention to ONNX and check ONNX Runtime parity"),
     "build-engine": ("m4sam_ros.tools.build_engine", "build (and cache) TensorRT engines ahead of time"),
     "bench": ("m4sam_ros.tools.bench", "per-stage latency, FPS and memory, side by side with SAM2's own tracking"),
+    "bench-matrix": ("m4sam_ros.tools.bench_matrix", "m4sam bench over modes, sizes, precisions and CUDA graphs: "
+                     "one table + JSON"),
     "flops": ("m4sam_ros.tools.flops", "FLOPs of one frame, part by part, learned mode against SAM2's own"),
     "train": ("m4sam_ros.learn.train", "train M4-SAM adapters (MoE-LoRA + fusion) on RGB-D video clips"),
     "eval": ("m4sam_ros.learn.evaluate", "score a model on an RGB-D VSOD dataset through the SaliencyTracker"),

@@ -1,6 +1,6 @@
 """What the test modules share: waiting, the node as a process, a test camera, a probe of the
-node's outputs, and model helpers. Imported by the tests (``from helpers import ...``);
-fixtures built on them live in ``conftest.py``."""
+node's outputs, and (re-exported from the ROS-free ``model_helpers``) model helpers. Imported
+by the tests (``from helpers import ...``); fixtures built on them live in ``conftest.py``."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
@@ -24,9 +23,10 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
-from m4sam_ros.model.memory import MemoryView
 from m4sam_ros.msg import SalientObjectArray
 from m4sam_ros.ros.conversions import image_msg
+
+from model_helpers import memory_output, memory_view, randomize_adapters  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "m4sam.yaml"
@@ -254,41 +254,6 @@ class Probe:
         request = SetParameters.Request(parameters=[Parameter(k.replace("__", "."), value=v).to_parameter_msg()
                                                     for k, v in values.items()])
         return self.call(SetParameters, f"{self.namespace}/m4sam_saliency/set_parameters", request).results
-
-
-
-# -- models --------------------------------------------------------------------------------
-
-def randomize_adapters(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Fresh adapters add exactly zero (up-projections start at 0); give them random weights
-    so the MoE-LoRA and fusion paths show up in every comparison."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith("adapter."):
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model
-
-
-def memory_output(model, generator: torch.Generator, spatial: bool = True) -> dict:
-    """One frame's memory in SAM2's layout, random, sized for the model's own input size."""
-    h = model.config.image_size // 16
-    out = {"obj_ptr": torch.randn(1, model.hidden_dim, generator=generator)}
-    if spatial:
-        out["maskmem_features"] = torch.randn(1, model.mem_dim, h, h, generator=generator)
-        out["maskmem_pos_enc"] = [torch.randn(1, model.mem_dim, h, h, generator=generator)]
-    return out
-
-
-def memory_view(model, frame_index: int, recent: int, generator: torch.Generator, num_frames: int = 17) -> MemoryView:
-    """A bank like the tracker's view: conditioning frame at 0, ``recent`` frames before frame_index,
-    only the last num_maskmem - 1 with spatial memory."""
-    non_cond = {frame_index - d: memory_output(model, generator, spatial=d <= model.num_maskmem - 1)
-                for d in range(1, recent + 1) if frame_index - d > 0}
-    return MemoryView(frame_index, {"cond_frame_outputs": {0: memory_output(model, generator)},
-                                    "non_cond_frame_outputs": non_cond}, num_frames)
-
-
 
 
 def sourced_environment(install: Path) -> dict[str, str]:

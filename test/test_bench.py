@@ -51,3 +51,15 @@ def test_bench_without_peer_and_bad_arguments(tmp_path):
                          (["--warmup", "30"], "--warmup")):
         with pytest.raises(ValueError, match=message):
             bench.run(parser.parse_args(["--image-size", "64", "--frames", "24", *bad]))
+
+
+def test_bench_reports_parity_and_engine_options(tmp_path, caplog):
+    """--parity-frames tracks the first frames on the engines and on FP32 eager calls; --cuda-graphs
+    on this CPU is refused with a warning and the run goes on eagerly, so parity is exact."""
+    report = _run(tmp_path, "--no-peer", "--cuda-graphs", "--parity-frames", "3")
+    config, parity = report["config"], report["parity"]
+    assert config["cuda_graphs"] is False and config["compile"] is False and config["setup_s"] == {}
+    assert config["encoder_engine"] == "pytorch on cpu (fp32)" and config["mode"] == "zero_shot"
+    assert "CUDA graphs need a CUDA device" in caplog.text
+    assert parity["frames"] == 3 and parity["reference"] == "pytorch on cpu (fp32, eager)"
+    assert parity["max_abs_probability"] == 0.0 and parity["min_mask_iou"] == 1.0

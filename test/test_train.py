@@ -39,7 +39,8 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
 def test_resume_is_bit_exact(tmp_path):
     """2N steps in one go == N steps, checkpoint, a fresh process-like Trainer resuming, N steps."""
     # accumulate=2 covers gradient accumulation; memory-attention dropout and modality
-    # dropout draw from the torch RNG, so a resume that lost the RNG state would diverge
+    # dropout draw from the torch RNG, seeded per micro-batch from (seed, micro-batch index):
+    # a resume that counted micro-batches differently would diverge
     straight = Trainer(_config(tmp_path, "straight", accumulate=2))
     straight.run()
     first = Trainer(_config(tmp_path, "split", accumulate=2))

@@ -24,6 +24,7 @@ from m4sam_ros.engines.graphs import ENCODER, ENCODER_SAM2, MEMORY_ATTENTION, gr
 from m4sam_ros.engines.memory_attention import MemorySlots
 from m4sam_ros.engines.platform import Platform
 from m4sam_ros.engines.selection import AUTO, Choice, select_backend
+from m4sam_ros.engines.static_calls import cuda_graphs_unavailable
 from m4sam_ros.engines.torch_backend import TorchEncoder, TorchMemoryAttention
 from m4sam_ros.model.m4sam import M4SAM
 
@@ -38,7 +39,10 @@ class EngineSettings:
     memory_attention: also run memory attention on the chosen backend (False keeps it in PyTorch);
     zero_shot: export/build SAM2's own encoder (zero-shot mode: one pass, no adapters) instead
     of the RGB-D one (learned mode);
-    workspace_gib: TensorRT builder workspace; threads: ONNX Runtime intra-op threads (0 = default)."""
+    workspace_gib: TensorRT builder workspace; threads: ONNX Runtime intra-op threads (0 = default);
+    cuda_graphs: the PyTorch backend on CUDA replays the encoder and memory attention as CUDA
+    graphs (elsewhere a warning, and eager calls); compile: the PyTorch backend runs them
+    through torch.compile (the first frame pays the compile time)."""
 
     backend: str = AUTO
     device: str = AUTO
@@ -48,6 +52,8 @@ class EngineSettings:
     zero_shot: bool = False
     workspace_gib: float = 4.0
     threads: int = 0
+    cuda_graphs: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.workspace_gib > 0:
@@ -70,8 +76,16 @@ class Engines:
 def _create(model: M4SAM, choice: Choice, settings: EngineSettings) -> Engines:
     backend = BACKENDS[choice.backend]
     if backend.compile is None:
-        return Engines(TorchEncoder(model, choice.device, choice.precision),
-                       TorchMemoryAttention(model, choice.device, choice.precision), choice)
+        cuda_graphs = settings.cuda_graphs
+        if cuda_graphs and (reason := cuda_graphs_unavailable(torch.device(choice.device))):
+            log.warning("cuda_graphs: %s", reason)  # once, not once per engine
+            cuda_graphs = False
+        options = {"cuda_graphs": cuda_graphs, "compile": settings.compile}
+        return Engines(TorchEncoder(model, choice.device, choice.precision, **options),
+                       TorchMemoryAttention(model, choice.device, choice.precision, **options), choice)
+    if settings.cuda_graphs or settings.compile:
+        log.info("cuda_graphs / compile are options of the PyTorch backend; %s compiles its own graphs",
+                 choice.backend)
     device = torch.device(choice.device)
     model.to(device).eval()  # the memory is packed, and the light stages run, next to the graphs
     cache = ArtifactCache(settings.cache_dir)

@@ -12,11 +12,25 @@ Outputs in ``out_dir``: ``checkpoint.pt`` (exact resume: trainable tensors, opti
 scheduler, grad scaler, RNG states, step), ``train_log.csv``, ``loss_curve.png``, the
 adapter file (model.checkpoint format) and, with ``--train-all``, the trained SAM2 part
 as an official-format checkpoint (``{"model": state_dict}``) that ``--sam2-checkpoint``
-loads. Clips are a pure function of (seed, draw index), so resuming needs no data state.
+loads. Clips are a pure function of (seed, draw index), and the torch RNG (memory-attention
+dropout, modality dropout) is re-seeded from (seed, micro-batch index) before every
+micro-batch, so resuming needs no data state and it does not matter which process runs a
+micro-batch.
+
+Across GPUs and machines (``torchrun``, see ``distributed.py``): with world size W, rank r
+runs micro-batches (step * accumulate + m) * W + r for m < accumulate, each of
+``batch_size`` clips, so one step's global batch is batch_size * accumulate * W clips, the
+same clips and dropout draws as one process with accumulate * W; the gradients are
+averaged over ranks before the optimizer step. Weights stay identical on every rank; only
+rank 0 writes checkpoints, logs, the adapter and runs the held-out evaluation. With
+accumulate 1 and a power-of-two W the result equals that one-process run to the bit (the
+per-rank mean of g/W is the one-process sum of g/W); otherwise up to the order of float sums.
+A resume may change W when accumulate * W (the global batch) stays.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -35,6 +49,7 @@ from tqdm import tqdm
 from m4sam_ros.learn.batching import ClipBatch, collate_clips
 from m4sam_ros.learn.clips import ClipSampler
 from m4sam_ros.learn.datasets import LAYOUTS, DatasetError, VideoRecord, open_dataset
+from m4sam_ros.learn.distributed import World, join, leave, world_from_environment
 from m4sam_ros.learn.losses import LossWeights, frame_losses
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
 from m4sam_ros.learn.synthetic import SyntheticConfig, write_dataset
@@ -51,8 +66,10 @@ CHECKPOINT_VERSION = 1
 LOG_COLUMNS = ("step", "lr", "loss", "bce", "iou", "object", "grad_norm", "clips_per_s", "elapsed_s")
 # Settings a resume may change. All but `steps` keep the run bit-exact; a new `steps` is
 # allowed (to train longer) but reshapes the cosine schedule from the resume point on.
+# `accumulate` may change with the world size as long as accumulate x world size (the
+# micro-batches of one step) stays, which load_checkpoint checks.
 _RESUMABLE_CHANGES = {"resume", "checkpoint_every", "progress", "threads", "out_dir", "adapter_out", "sam2_weights_out",
-                      "val_data", "val_layout", "val_split", "val_videos", "val_rendered_videos", "steps"}
+                      "val_data", "val_layout", "val_split", "val_videos", "val_rendered_videos", "steps", "accumulate"}
 
 
 def _help(text: str, **extra) -> dict:
@@ -235,6 +252,12 @@ def model_to_train(config: TrainConfig) -> M4SAM:
     return model
 
 
+def micro_batch_seed(seed: int, micro_index: int) -> int:
+    """The torch RNG seed of one micro-batch: a pure function of the run's seed and the
+    micro-batch's index in the whole run (whichever process runs it, resumed or not)."""
+    return int(np.random.SeedSequence([seed, micro_index]).generate_state(1, dtype=np.uint64)[0])
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [torch.from_numpy(a.astype(np.int64)) if isinstance(a, np.ndarray) else a
@@ -248,8 +271,9 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
     np.random.set_state(tuple(a.numpy().astype(np.uint32) if isinstance(a, torch.Tensor) else a for a in state["numpy"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # the GPUs both machines have
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 def _as_tuple(value):
@@ -275,15 +299,18 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if config.threads:
             torch.set_num_threads(config.threads)  # process-wide, like any torch thread setting
-        self.device = resolve_device(config.device)
+        self.world: World = world_from_environment()
+        self.device = self.world.device(resolve_device(config.device))
+        join(self.world, self.device)
         self.autocast, self.amp_dtype, use_scaler = amp_settings(config.amp, self.device)
-        if config.train_all:
+        if config.train_all and self.world.is_main:
             LOG.warning("=" * 78)
             LOG.warning("--train-all: training ALL %s parameters, SAM2 included (NOT frozen).", config.preset)
             LOG.warning("For the synthetic demo only; real training freezes SAM2 and trains adapters + fusion.")
             LOG.warning("=" * 78)
         self.model = model_to_train(config).to(self.device)
         self.named_trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.world.broadcast_parameters(list(self.named_trainable.values()))
         decay = [p for p in self.named_trainable.values() if p.ndim > 1]
         no_decay = [p for p in self.named_trainable.values() if p.ndim <= 1]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -291,16 +318,21 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.weights = LossWeights(config.bce_weight, config.iou_weight, config.object_weight)
-        self.sampler = ClipSampler(self._training_videos(), config.clip_length, seed=config.seed,
+        self.sampler = ClipSampler(self.world.in_turn(self._training_videos), config.clip_length, seed=config.seed,
                                    stride=config.clip_stride, flip_prob=config.flip_prob)
         self.step = 0
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         random.seed(config.seed)
         counts = sum(p.numel() for p in self.named_trainable.values())
-        LOG.info("training %d tensors (%d parameters) of preset %s at %d px on %s; %d clip windows; amp %s",
-                 len(self.named_trainable), counts, config.preset, config.image_size, self.device,
-                 self.sampler.windows, self.amp_dtype if self.autocast else "off")
+        if self.world.distributed:
+            LOG.info("rank %d of %d (local rank %d) on %s", self.world.rank, self.world.world_size,
+                     self.world.local_rank, self.device)
+        if self.world.is_main:
+            LOG.info("training %d tensors (%d parameters) of preset %s at %d px on %s; %d clip windows; amp %s; "
+                     "%d clips per step", len(self.named_trainable), counts, config.preset, config.image_size,
+                     self.device, self.sampler.windows, self.amp_dtype if self.autocast else "off",
+                     config.batch_size * self.micro_batches_per_step)
 
     def _training_videos(self) -> list[VideoRecord]:
         """--data's videos, then the rendered ones, then the generated 2-D ones."""
@@ -328,25 +360,36 @@ class Trainer:
                 sums[key] = sums[key] + (losses[key] * weight).sum()
         return {k: v / batch.has_gt.sum().clamp(min=1) for k, v in sums.items()}
 
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches in one optimizer step over all ranks (the global batch, in micro-batches)."""
+        return self.config.accumulate * self.world.world_size
+
     def _micro_batch(self, micro_index: int) -> ClipBatch:
+        """The clips of the ``micro_index``-th micro-batch of the run (counted over all ranks)."""
         size = self.config.batch_size
         clips = [self.sampler.load(self.sampler.clip(micro_index * size + b)) for b in range(size)]
         return collate_clips(clips, self.config.image_size).to(self.device)
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over ``accumulate`` micro-batches."""
+        """One optimizer step over ``accumulate`` micro-batches of this rank (see module docstring)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals = {k: 0.0 for k in ("loss", "bce", "iou", "object")}
+        world = self.world
         for micro in range(self.config.accumulate):
-            batch = self._micro_batch(self.step * self.config.accumulate + micro)
+            index = (self.step * self.config.accumulate + micro) * world.world_size + world.rank
+            torch.manual_seed(micro_batch_seed(self.config.seed, index))
+            batch = self._micro_batch(index)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
                 losses = self.clip_loss(batch)
             self.scaler.scale(losses["total"] / self.config.accumulate).backward()
             for key, name in (("total", "loss"), ("bce", "bce"), ("iou", "iou"), ("object", "object")):
                 totals[name] += float(losses[key].detach()) / self.config.accumulate
-        self.scaler.unscale_(self.optimizer)
         params = list(self.named_trainable.values())
+        world.average_gradients(params)  # before unscaling: every rank then sees the same inf/NaN
+        totals = world.mean(totals, self.device)
+        self.scaler.unscale_(self.optimizer)
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")  # inf: measure only
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         totals["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -361,26 +404,27 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
                 "config": dataclasses.asdict(self.config),
+                "micro_batches_per_step": self.micro_batches_per_step, "world_size": self.world.world_size,
                 "trainable": {n: p.detach().cpu().clone() for n, p in self.named_trainable.items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": _rng_state()}
 
     def save_checkpoint(self, path: Path | None = None) -> Path:
-        """Atomic write (a crash mid-save leaves the previous checkpoint intact)."""
+        """Atomic write (a crash mid-save leaves the previous checkpoint intact); rank 0 only
+        (every rank holds the same state)."""
         path = Path(path or self.out_dir / "checkpoint.pt")
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        if self.world.is_main:
+            tmp = path.with_suffix(".tmp")
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, path)
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
+        """Rank 0 reads the checkpoint and sends it to the others (machines need not share a disk)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"resume checkpoint not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise CheckpointError(f"{path} is not a readable training checkpoint: {type(error).__name__}: {error}") from error
+        state, error = self.world.broadcast(_read_checkpoint(path) if self.world.is_main else (None, None))
+        if error is not None:
+            raise error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path} is not an m4sam training checkpoint (adapter files cannot be resumed; "
                                   "use --init-adapter to fine-tune from one)")
@@ -391,6 +435,11 @@ class Trainer:
         if changed:
             listed = "; ".join(f"{k}: checkpoint={a!r}, now={b!r}" for k, (a, b) in changed.items())
             raise ValueError(f"cannot resume {path} exactly with different settings: {listed}")
+        saved_micro = state.get("micro_batches_per_step", saved.get("accumulate"))
+        if saved_micro != self.micro_batches_per_step:
+            raise ValueError(f"cannot resume {path} exactly: it ran {saved_micro} micro-batches per step (accumulate x "
+                             f"world size), this run {self.micro_batches_per_step} (accumulate {self.config.accumulate} x "
+                             f"world size {self.world.world_size}); keep accumulate x world size")
         missing = set(self.named_trainable) ^ set(state["trainable"])
         if missing:
             raise CheckpointError(f"{path} trainable tensors differ from this model's: {sorted(missing)[:8]}")
@@ -402,7 +451,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
-        LOG.info("resumed %s at step %d", path, self.step)
+        if self.world.is_main:
+            LOG.info("resumed %s at step %d", path, self.step)
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -410,36 +460,48 @@ class Trainer:
         checkpoint_path = self.out_dir / "checkpoint.pt"
         resume = config.resume
         if resume == "auto":
-            resume = str(checkpoint_path) if checkpoint_path.exists() else None
+            resume = self.world.broadcast(str(checkpoint_path) if checkpoint_path.exists() else None)
         if resume:
             self.load_checkpoint(resume)
+        main = self.world.is_main
         log_path = self.out_dir / "train_log.csv"
-        rows = _read_log(log_path, up_to_step=self.step) if resume else []
+        rows = _read_log(log_path, up_to_step=self.step) if resume and main else []
         start, started = self.step, time.perf_counter()
-        clips_per_step = config.batch_size * config.accumulate
+        clips_per_step = config.batch_size * self.micro_batches_per_step
         last = {"loss": float("nan")}
-        with open(log_path, "w", newline="") as handle, tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
-                                                              disable=not config.progress, dynamic_ncols=True) as bar:
-            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        with (open(log_path, "w", newline="") if main else contextlib.nullcontext()) as handle, \
+                tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
+                     disable=not (config.progress and main), dynamic_ncols=True) as bar:
+            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS) if main else None
+            if writer:
+                writer.writeheader()
+                writer.writerows(rows)
             while self.step < config.steps:
                 last = self.train_step()
                 elapsed = time.perf_counter() - started
                 rate = (self.step - start) * clips_per_step / max(elapsed, 1e-9)
-                values = {k: f"{last[k]:.6g}" for k in ("lr", "loss", "bce", "iou", "object", "grad_norm")}
-                writer.writerow({"step": self.step, **values, "clips_per_s": f"{rate:.3f}", "elapsed_s": f"{elapsed:.2f}"})
-                handle.flush()
+                if writer:
+                    values = {k: f"{last[k]:.6g}" for k in ("lr", "loss", "bce", "iou", "object", "grad_norm")}
+                    writer.writerow({"step": self.step, **values, "clips_per_s": f"{rate:.3f}",
+                                     "elapsed_s": f"{elapsed:.2f}"})
+                    handle.flush()
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", clips_s=f"{rate:.2f}")
                 bar.update(1)
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
         self.save_checkpoint(checkpoint_path)
-        curve = plot_loss_curve(log_path, self.out_dir / "loss_curve.png")
-        adapter, sam2_weights = self.export_weights()
-        evaluation = self._evaluate()
+        adapter = Path(config.adapter_out or self.out_dir / "adapter.pt")
+        sam2_weights = Path(config.sam2_weights_out or self.out_dir / "sam2_weights.pt") if config.train_all else None
+        curve, evaluation = self.out_dir / "loss_curve.png", {}
+        if main:
+            plot_loss_curve(log_path, curve)
+            adapter, sam2_weights = self.export_weights()
+        self.world.barrier()  # every file is written before any rank returns; rank 0 alone evaluates
+        if main:
+            evaluation = self._evaluate()
         seconds = time.perf_counter() - started
-        LOG.info("done: %d steps in %.1f s, last loss %.4f, adapter %s", self.step, seconds, last["loss"], adapter)
+        if main:
+            LOG.info("done: %d steps in %.1f s, last loss %.4f, adapter %s", self.step, seconds, last["loss"], adapter)
         return TrainResult(self.step, float(last["loss"]), seconds, adapter, sam2_weights, checkpoint_path, log_path,
                            curve, evaluation)
 
@@ -478,6 +540,16 @@ class Trainer:
                 for name, videos in held_out.items()}
 
 
+def _read_checkpoint(path: Path) -> tuple[dict | None, Exception | None]:
+    """(state, None), or (None, the error) for the caller to raise on every rank."""
+    if not path.is_file():
+        return None, FileNotFoundError(f"resume checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as error:
+        return None, CheckpointError(f"{path} is not a readable training checkpoint: {type(error).__name__}: {error}")
+
+
 def _read_log(path: Path, up_to_step: int) -> list[dict]:
     """Rows of an earlier run's log up to the resumed step (later rows are re-done)."""
     if not path.is_file():
@@ -513,7 +585,8 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Run (or resume) a training run; see ``TrainConfig``."""
+    """Run (or resume) a training run; see ``TrainConfig``. Under ``torchrun``, one rank of a
+    distributed run (the process group stays joined for further runs of this process)."""
     return Trainer(config).run()
 
 
@@ -528,6 +601,10 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as error:
         LOG.error("%s", error)
         return 2
+    finally:
+        leave()  # the verb is the process's last run: leave the process group (never re-joined after)
+    if not world_from_environment().is_main:
+        return 0  # rank 0 reports
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; final loss {result.final_loss:.4f}")
     print(f"adapter: {result.adapter}")
     if result.sam2_weights:

@@ -148,6 +148,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("engine.cache_dir", "",
                   "Exported ONNX graphs and TensorRT engines; empty = $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros.",
                   read_only=True),
+    ParameterSpec("engine.cuda_graphs", False,
+                  "PyTorch backend on CUDA: replay the encoder and memory attention as CUDA graphs (less launch "
+                  "overhead at batch 1; captured on the first frame). Ignored, with a warning, on CPU.",
+                  read_only=True),
+    ParameterSpec("engine.compile", False,
+                  "PyTorch backend: run the encoder and memory attention through torch.compile (the first frame "
+                  "waits for the compile: a minute or more).", read_only=True),
     ParameterSpec("engine.num_threads", 0,
                   "CPU threads for torch; 0 = torch's default (one per core). Lower it when other nodes share the CPU.",
                   range=(0, 256), step=1, read_only=True),
@@ -224,6 +231,8 @@ class EngineParameters:
     device: str
     precision: str
     cache_dir: str
+    cuda_graphs: bool
+    compile: bool
     num_threads: int
     simulated_latency_ms: float
 

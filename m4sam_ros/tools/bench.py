@@ -10,10 +10,19 @@ by frame (``tools/sam2_reference.py``) with the same SAM2 weights. Both trackers
 frame, interleaved, so a busy machine slows both alike and the ratio stays meaningful. The frames are synthetic
 RGB-D video; the lost-target re-initialisation is disabled so that every frame runs the
 full memory path, as SAM2's does. Writes a JSON report and a PNG chart.
+
+Options of the PyTorch backend (``--cuda-graphs``, ``--compile``) are reported with the
+seconds each static call's first call took (warm-up, compile, capture: ``setup_s``).
+``--parity-frames N`` first tracks N frames twice, on the engines and on PyTorch FP32 eager
+calls, and reports the worst probability difference and mask IoU: what a precision or an
+option costs in output, next to what it saves in time. The SAM2 peer runs under the same
+autocast precision as our engines (SAM2's own video demo runs in bfloat16 autocast on CUDA),
+bf16 when ours is fp16 (``peer_precision``).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -52,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-peer", action="store_true", help="skip the SAM2 streaming comparison")
     group.add_argument("--mode", default="auto", choices=MODES,
                        help="tracker mode (auto: learned with --adapter, else zero-shot: SAM2's own encoder)")
+    group.add_argument("--parity-frames", type=int, default=0,
+                       help="first track this many frames on the engines and on PyTorch FP32 eager calls, and "
+                            "report the worst probability difference and mask IoU (0 = skip)")
 
 
 @dataclass
@@ -188,6 +200,44 @@ def summarise(trace: Trace, warmup: int) -> dict:
             "per_frame_ms": trace.frame_ms, "state_mib_per_frame": trace.state_mib}
 
 
+def peer_precision(precision: str) -> str:
+    """The SAM2 peer's autocast precision: ours, except fp16, where SAM2's own memory attention
+    cannot run (its bank is bfloat16, and fp16 autocast refuses to concatenate bf16 with fp32):
+    the peer then runs bf16, as SAM2's video demo does."""
+    return "bf16" if precision == "fp16" else precision
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def measure_parity(model: torch.nn.Module, config: TrackerConfig, engines: Engines, frames: list[Frame]) -> dict:
+    """The engines' tracker against a tracker on PyTorch FP32 eager calls (a copy of the model),
+    frame by frame from the first frame: worst max |probability difference| and lowest mask IoU."""
+    device = engines.device
+    reference = SaliencyTracker(copy.deepcopy(model), config, device=device)
+    candidate = SaliencyTracker(model, config, device=device, encoder=engines.encoder,
+                                memory_attention=engines.memory_attention)
+    differences, ious = [], []
+    for frame in frames:
+        rgb, depth = convert(frame)
+        want, got = (t.step(rgb, depth, stamp=frame.index / 30.0, intrinsics=frame.intrinsics)
+                     for t in (reference, candidate))
+        differences.append(float(np.abs(want.probability - got.probability).max()))
+        ious.append(_mask_iou(want.mask > 0, got.mask > 0))
+    return {"frames": len(frames), "reference": f"pytorch on {device} (fp32, eager)",
+            "max_abs_probability": max(differences), "min_mask_iou": min(ious),
+            "per_frame_max_abs_probability": differences, "per_frame_mask_iou": ious}
+
+
+def _engine_setup(engines: Engines) -> dict[str, float]:
+    """Seconds of each static call's first call (compile and capture included); {} when eager."""
+    return {f"{part}: {call}": seconds for part, engine in (("encoder", engines.encoder),
+                                                            ("memory_attention", engines.memory_attention))
+            for call, seconds in getattr(engine, "first_call_s", {}).items()}
+
+
 def _parse_camera(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -203,6 +253,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--frames must be >= 2, got {args.frames}")
     if not 0 <= args.warmup < args.frames:
         raise ValueError(f"--warmup must be in [0, --frames), got {args.warmup} with --frames {args.frames}")
+    if args.parity_frames < 0:
+        raise ValueError(f"--parity-frames must be >= 0, got {args.parity_frames}")
 
 
 def print_summary(report: dict) -> None:
@@ -223,20 +275,32 @@ def print_summary(report: dict) -> None:
     print(f"process peak RSS {memory['peak_rss_mib']:.0f} MiB"
           + (f", CUDA peak allocated {memory['cuda_peak_allocated_mib']:.0f} MiB"
              if memory["cuda_peak_allocated_mib"] is not None else ""))
+    for call, seconds in report["config"]["setup_s"].items():
+        print(f"first call of {call}: {seconds:.2f} s (warm-up, compile and capture included)")
+    if report["parity"]:
+        parity = report["parity"]
+        print(f"parity over {parity['frames']} frames against {parity['reference']}: max |probability difference| "
+              f"{parity['max_abs_probability']:.2e}, lowest mask IoU {parity['min_mask_iou']:.4f}")
     if report["ratio"]:
         print(f"\nM4-SAM / SAM2: FPS ratio {report['ratio']['fps']:.2f}, "
               f"tracking-state ratio at frame {report['ratio']['state_at_frame']}: {report['ratio']['state']:.3f}")
 
 
 def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: Engines, camera: tuple[int, int],
-                 ours: Trace, peer: Trace | None, checkpoints: list[dict]) -> dict:
+                 ours: Trace, peer: Trace | None, checkpoints: list[dict], mode: str, parity: dict | None = None) -> dict:
     device = engines.device
     cuda_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
     report = {
         "config": {"preset": model_config.name, "image_size": model_config.image_size, "frames": args.frames,
                    "warmup": args.warmup, "camera": list(camera), "backend": engines.choice.backend,
                    "device": str(device), "precision": engines.choice.precision,
+                   "peer_precision": peer_precision(engines.choice.precision) if peer else None,
+                   "encoder_engine": engines.encoder.describe(),
                    "memory_attention_engine": engines.memory_attention.describe(),
+                   "mode": mode,
+                   "cuda_graphs": bool(getattr(engines.encoder, "cuda_graphs", False)),
+                   "compile": bool(getattr(engines.encoder, "compiled", False)),
+                   "setup_s": _engine_setup(engines),
                    "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -246,6 +310,7 @@ def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: E
         "m4sam": summarise(ours, args.warmup),
         "sam2": summarise(peer, args.warmup) if peer else None,
         "ratio": None,
+        "parity": parity,
     }
     if peer:
         last = report["m4sam"]["scaling"][-1]["frame"] if report["m4sam"]["scaling"] else args.frames
@@ -264,14 +329,17 @@ def run(args: argparse.Namespace) -> int:
     device = engines.device
     tracker = SaliencyTracker(model, config, device=device, encoder=engines.encoder,
                               memory_attention=engines.memory_attention)
+    parity = (measure_parity(model, config, engines, list(camera_frames(args.parity_frames, width, height, args.seed)))
+              if args.parity_frames else None)
     ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({engines.encoder.describe()})")
     runners = [ours]
     if not args.no_peer:
-        peer = SAM2VideoStream(sam2_predictor(model.config, weights_from=model), device, args.frames, (height, width))
+        peer = SAM2VideoStream(sam2_predictor(model.config, weights_from=model), device, args.frames, (height, width),
+                               precision=peer_precision(engines.choice.precision))
         runners.append(SAM2Runner(peer))
     checkpoints = run_streams(camera_frames(args.frames, width, height, args.seed), runners, device)
     report = build_report(args, model.config, engines, (width, height), ours.trace,
-                          runners[1].trace if len(runners) > 1 else None, checkpoints)
+                          runners[1].trace if len(runners) > 1 else None, checkpoints, tracker.mode, parity)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"bench-{model.config.name}-{model.config.image_size}-{engines.choice.backend}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))

@@ -35,6 +35,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="exported graphs and TensorRT engines (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
     group.add_argument("--no-memory-attention-engine", action="store_true",
                        help="keep memory attention in PyTorch whatever the backend")
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help="PyTorch backend on CUDA: replay the encoder and memory attention as CUDA graphs")
+    group.add_argument("--compile", action="store_true",
+                       help="PyTorch backend: torch.compile the encoder and memory attention (compile time reported)")
 
 
 def model_from_args(args: argparse.Namespace) -> M4SAM:
@@ -48,7 +52,7 @@ def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings
     """``zero_shot``: the tracker runs in zero-shot mode (SAM2's own encoder)."""
     return EngineSettings(backend=args.backend, device=args.device, precision=args.precision,
                           cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine,
-                          zero_shot=zero_shot)
+                          zero_shot=zero_shot, cuda_graphs=args.cuda_graphs, compile=args.compile)
 
 
 def default_graphs(model: M4SAM) -> list[str]:

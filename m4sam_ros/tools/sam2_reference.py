@@ -12,6 +12,7 @@ extension, which we do not build) is off.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -62,9 +63,12 @@ class SAM2VideoStream:
     """Per-frame SAM2 video tracking of one object, conditioned by a mask on frame 0."""
 
     def __init__(self, predictor: SAM2VideoPredictor, device: torch.device, num_frames: int,
-                 frame_size: tuple[int, int]):
+                 frame_size: tuple[int, int], precision: str = "fp32"):
+        """precision: fp32, or fp16 / bf16 autocast around SAM2's tracking (how SAM2's own video
+        demo runs it on CUDA: bfloat16 autocast)."""
         self.predictor = predictor.to(device)
         self.device = device
+        self.precision = precision
         self.images = _ArrivingFrames(num_frames)
         self.state = self._inference_state(frame_size)
         self.frame_index = 0
@@ -87,12 +91,13 @@ class SAM2VideoStream:
         self.images.frames[self.frame_index] = torch.from_numpy(
             model_inputs(rgb, None, self.predictor.image_size)[0][0]).to(self.device)
         t1 = time.perf_counter()
-        if self.frame_index == 0:
-            if first_mask is None:
-                raise ValueError("SAM2 video tracking needs a conditioning mask on frame 0")
-            self.predictor.add_new_mask(self.state, 0, OBJECT_ID, first_mask.astype(bool))
-            self._propagation = self.predictor.propagate_in_video(self.state)
-        index, _, video_masks = next(self._propagation)
+        with _autocast(self.device, self.precision):
+            if self.frame_index == 0:
+                if first_mask is None:
+                    raise ValueError("SAM2 video tracking needs a conditioning mask on frame 0")
+                self.predictor.add_new_mask(self.state, 0, OBJECT_ID, first_mask.astype(bool))
+                self._propagation = self.predictor.propagate_in_video(self.state)
+            index, _, video_masks = next(self._propagation)
         assert index == self.frame_index, (index, self.frame_index)
         _sync(self.device)
         t2 = time.perf_counter()
@@ -116,6 +121,12 @@ class SAM2VideoStream:
                             seen.add(tensor.data_ptr())
                             total += tensor.numel() * tensor.element_size()
         return total
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
 
 
 def _sync(device: torch.device) -> None:
