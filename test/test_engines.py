@@ -18,7 +18,7 @@ from m4sam_ros.engines.factory import EngineSettings, create_engines
 from m4sam_ros.engines.graphs import example_encoder_inputs
 from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention, pack_memory
 from m4sam_ros.engines.progress import stage
-from m4sam_ros.engines.rope import repeat_tables, rope_tables, rotate
+from m4sam_ros.engines.rope import rope_tables, rotate
 from m4sam_ros.engines.platform import Platform
 from m4sam_ros.engines.selection import select_backend
 from m4sam_ros.engines.tensorrt_backend import check_tensorrt_precision
@@ -55,7 +55,7 @@ def test_real_rope_equals_sam2_apply_rotary_enc(repeats):
     q_ref, k_ref = apply_rotary_enc(q, k, freqs_cis=cis, repeat_freqs_k=repeats > 1)
     cos, sin = rope_tables(cis)
     torch.testing.assert_close(rotate(q, cos, sin), q_ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(rotate(k, *repeat_tables(cos, sin, repeats)), k_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rotate(k, cos, sin), k_ref, rtol=1e-6, atol=1e-6)  # one frame's table, repeated
 
 
 def test_rope_keeps_dtype_and_refuses_mismatched_tables():
@@ -76,7 +76,7 @@ def test_packed_memory_attention_equals_sam2(model, frame_index, recent):
     h = SIZE // 16
     frame = EncodedFrame(torch.randn(1, model.hidden_dim, h, h, generator=generator), None, None,
                          torch.randn(1, model.hidden_dim, h, h, generator=generator))
-    slots = MemorySlots.for_model(model)
+    slots = MemorySlots.for_bank(model)
     with torch.inference_mode():
         reference = model.condition_on_memory(frame, view)
         packed = pack_memory(model, view, slots, (h, h), batch=1)
@@ -91,7 +91,7 @@ def test_static_memory_attention_tables_follow_the_model_device():
     the GPU or export/parity fail with a device mismatch. ``meta`` stands in for a GPU here."""
     model = build_m4sam("test", image_size=SIZE, seed=0).to("meta")
     h = SIZE // 16
-    static = StaticMemoryAttention(model, MemorySlots.for_model(model), (h, h))
+    static = StaticMemoryAttention(model, MemorySlots.for_bank(model), (h, h))
     assert {b.device.type for b in static.buffers()} == {"meta"}
     spatial, pointers = static.num_rope_keys, static.num_pointer_tokens
     embed = torch.empty(1, model.hidden_dim, h, h, device="meta")
@@ -101,7 +101,7 @@ def test_static_memory_attention_tables_follow_the_model_device():
 
 def test_pack_memory_refuses_what_it_cannot_mirror(model):
     generator = torch.Generator().manual_seed(0)
-    slots = MemorySlots.for_model(model)
+    slots = MemorySlots.for_bank(model)
     empty = MemoryView(1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, 17)
     with pytest.raises(ValueError, match="no conditioning frame"):
         pack_memory(model, empty, slots, (4, 4), 1)
@@ -324,6 +324,29 @@ def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_pa
     with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):
         create_engines(model, settings)
     assert caplog.text.count("cache hit") == 2 and "exporting" not in caplog.text
+
+
+@pytest.mark.slow
+def test_memory_attention_engine_has_the_banks_slots_and_its_own_cache_entry(model, tmp_path):
+    """num_memory_frames picks a graph of 1 + N spatial slots (its own cache key), which equals
+    SAM2 on such a bank and refuses a bank it has no room for."""
+    def engines(frames):
+        return create_engines(model, EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path),
+                                                    num_memory_frames=frames, memory_attention=True))
+    two, six = engines(2), engines(None)
+    h = SIZE // 16
+    assert two.memory_attention.graph.input_shapes["memory"] == (1, 3 * h * h + 16 * 2, model.mem_dim)
+    assert six.memory_attention.graph.input_shapes["memory"] == (1, 7 * h * h + 16 * 2, model.mem_dim)
+    assert len(list(tmp_path.glob("memory_attention-*.onnx"))) == 2
+    frame = model.encode(**example_encoder_inputs(model, generator=torch.Generator().manual_seed(5)))
+    fits = memory_view(model, 3, 2, torch.Generator().manual_seed(6))  # conditioning + 2 recent frames
+    with torch.inference_mode():
+        expected = model.condition_on_memory(frame, fits)
+    torch.testing.assert_close(two.memory_attention(frame, fits), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="holds 5 spatial memories but the exported graph has slots for 3"):
+        two.memory_attention(frame, memory_view(model, 5, 4, torch.Generator().manual_seed(7)))
+    with pytest.raises(ValueError, match=r"num_memory_frames must be in \[1, 6\]"):
+        engines(7)
 
 
 @pytest.mark.slow

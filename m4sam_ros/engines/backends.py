@@ -24,11 +24,12 @@ if TYPE_CHECKING:
     from m4sam_ros.engines.cache import ArtifactCache
     from m4sam_ros.engines.graph_engines import CompiledGraph
     from m4sam_ros.engines.factory import EngineSettings
+    from m4sam_ros.engines.memory_attention import MemorySlots
     from m4sam_ros.engines.selection import Choice
     from m4sam_ros.model.m4sam import M4SAM
 
-# model, graph name, cache, choice, settings, weights hash -> a compiled graph
-Compile = Callable[["M4SAM", str, "ArtifactCache", "Choice", "EngineSettings", str], "CompiledGraph"]
+# model, graph name, cache, choice, settings, weights hash, memory slots -> a compiled graph
+Compile = Callable[["M4SAM", str, "ArtifactCache", "Choice", "EngineSettings", str, "MemorySlots"], "CompiledGraph"]
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,19 @@ def _tensorrt_unavailable(platform: Platform, device_type: str) -> str | None:
     return _no_cuda(platform, device_type)
 
 
-def _ort_compile(model, graph, cache, choice, settings, weights):
+def _ort_compile(model, graph, cache, choice, settings, weights, slots):
     from m4sam_ros.engines.export import cached_onnx
     from m4sam_ros.engines.onnxruntime_backend import OrtGraph
 
-    return OrtGraph(cached_onnx(model, graph, cache, weights=weights), torch.device(choice.device), settings.threads)
+    return OrtGraph(cached_onnx(model, graph, cache, slots=slots, weights=weights), torch.device(choice.device),
+                    settings.threads)
 
 
-def _tensorrt_compile(model, graph, cache, choice, settings, weights):
+def _tensorrt_compile(model, graph, cache, choice, settings, weights, slots):
     from m4sam_ros.engines.tensorrt_backend import tensorrt_graph
 
     return tensorrt_graph(model, graph, cache, choice.precision, torch.device(choice.device), weights,
-                          settings.workspace_gib)
+                          settings.workspace_gib, slots)
 
 
 def _tensorrt_target(device: torch.device) -> tuple[tuple[str, str], ...]:

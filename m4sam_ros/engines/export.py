@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -26,6 +24,7 @@ from m4sam_ros.engines.base import ExportError
 from m4sam_ros.engines.cache import ArtifactCache, EngineKey, weights_hash
 from m4sam_ros.engines.graphs import GraphSpec, graph_spec
 from m4sam_ros.engines.memory_attention import MemorySlots
+from m4sam_ros.engines.onnx_passes import fold_constants, share_identical_initializers, simplify
 from m4sam_ros.engines.progress import stage
 from m4sam_ros.model.m4sam import M4SAM
 
@@ -51,8 +50,10 @@ def check_onnx(model: onnx.ModelProto) -> None:
             raise ExportError(f"{value.name} has a dynamic shape; the engines need static shapes")
 
 
-def export_onnx(spec: GraphSpec, path: Path | str, opset: int = OPSET, metadata: dict[str, str] | None = None) -> Path:
-    """Trace ``spec.module`` to ``path`` (static shapes, named inputs/outputs), fold, check."""
+def export_onnx(spec: GraphSpec, path: Path | str, opset: int = OPSET, metadata: dict[str, str] | None = None,
+                slim: bool = True) -> Path:
+    """Trace ``spec.module`` to ``path`` (static shapes, named inputs/outputs), fold, simplify
+    (``slim``: onnxslim; off only to compare against), share identical tensors, check."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -65,63 +66,21 @@ def export_onnx(spec: GraphSpec, path: Path | str, opset: int = OPSET, metadata:
             torch.onnx.export(spec.module, tuple(spec.inputs.values()), str(traced), dynamo=False,
                               input_names=list(spec.inputs), output_names=list(spec.outputs),
                               opset_version=opset, do_constant_folding=True)
-        with stage(f"folding constants of the {spec.name} graph"), _quiet("onnxscript", "onnx_ir"):
+        with stage(f"folding constants of the {spec.name} graph"):
             model = fold_constants(onnx.load(str(traced)))
+    if slim:
+        with stage(f"simplifying the {spec.name} graph (onnxslim)"):
+            model = simplify(model)
+    shared = share_identical_initializers(model)
     _declare_output_shapes(model, spec)
-    for key, value in {"m4sam_graph": spec.name, "opset": str(opset), **(metadata or {})}.items():
+    for key, value in {"m4sam_graph": spec.name, "opset": str(opset), **spec.signature, **(metadata or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     check_onnx(model)
     onnx.save(model, str(path))
-    log.info("wrote %s (%d nodes, %.1f MB)", path, len(model.graph.node), path.stat().st_size / 1e6)
+    log.info("wrote %s (%d nodes, %.1f MB; %d duplicate tensors shared)", path, len(model.graph.node),
+             path.stat().st_size / 1e6, shared)
     return path
-
-
-# Fold tensors up to this many elements: SAM2's interpolated + tiled position embedding
-# (1 x C x S/4 x S/4, 9.4 M elements for Hiera-L at 1024) must fold, or the If nodes the
-# tracer put around ``torch.tile`` stay in the graph.
-_FOLD_LIMIT = 1 << 26
-
-
-def _used_names(graph: onnx.GraphProto) -> set[str]:
-    """Every value name a node of ``graph`` or of its subgraphs (If branches) reads, plus outputs."""
-    used = {v.name for v in graph.output}
-    for node in graph.node:
-        used.update(node.input)
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                used |= _used_names(subgraph)
-    return used
-
-
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constant-fold (onnxscript's folder only, not its slow pattern rewriter) and drop what
-    no node uses any more."""
-    import onnx_ir
-    import onnxscript.optimizer
-
-    graph_ir = onnx_ir.serde.deserialize_model(model)
-    onnxscript.optimizer.fold_constants(graph_ir, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT)
-    onnxscript.optimizer.remove_unused_nodes(graph_ir)
-    folded = onnx_ir.serde.serialize_model(graph_ir)
-    used = _used_names(folded.graph)
-    kept = [init for init in folded.graph.initializer if init.name in used]
-    del folded.graph.initializer[:]
-    folded.graph.initializer.extend(kept)
-    return folded
-
-
-@contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
-    """The optimizer logs every folded constant at INFO; keep the user's log readable."""
-    saved = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def _declare_output_shapes(model: onnx.ModelProto, spec: GraphSpec) -> None:

@@ -36,6 +36,8 @@ class EngineSettings:
     precision: auto | fp32 | fp16 | bf16 (int8 refused until calibration exists);
     cache_dir: exported graphs and engines (None = $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros);
     memory_attention: also run memory attention on the chosen backend (False keeps it in PyTorch);
+    num_memory_frames: the tracker's (``TrackerConfig.num_memory_frames``): the memory-attention
+    graph has slots for that many recent frames and costs what they hold (None: SAM2's 6);
     zero_shot: export/build SAM2's own encoder (zero-shot mode: one pass, no adapters) instead
     of the RGB-D one (learned mode);
     workspace_gib: TensorRT builder workspace; threads: ONNX Runtime intra-op threads (0 = default)."""
@@ -45,6 +47,7 @@ class EngineSettings:
     precision: str = AUTO
     cache_dir: str | None = None
     memory_attention: bool = True
+    num_memory_frames: int | None = None
     zero_shot: bool = False
     workspace_gib: float = 4.0
     threads: int = 0
@@ -77,12 +80,12 @@ def _create(model: M4SAM, choice: Choice, settings: EngineSettings) -> Engines:
     cache = ArtifactCache(settings.cache_dir)
     weights = weights_hash(model)
     graphs = graphs_for(model, settings.zero_shot, settings.memory_attention)
-    compiled = {g: backend.compile(model, g, cache, choice, settings, weights) for g in graphs}
+    slots = MemorySlots.for_bank(model, settings.num_memory_frames)
+    compiled = {g: backend.compile(model, g, cache, choice, settings, weights, slots) for g in graphs}
     encoder = GraphEncoder({g: compiled[g] for g in (ENCODER, ENCODER_SAM2) if g in compiled},
                            choice.backend, choice.precision)
     if MEMORY_ATTENTION in compiled:
-        memory = GraphMemoryAttention(compiled[MEMORY_ATTENTION], model, MemorySlots.for_model(model),
-                                      choice.backend, choice.precision)
+        memory = GraphMemoryAttention(compiled[MEMORY_ATTENTION], model, slots, choice.backend, choice.precision)
     else:
         memory = TorchMemoryAttention(model, device, "fp32")
     return Engines(encoder, memory, choice)

@@ -129,7 +129,7 @@ def example_memory_inputs(model: M4SAM, slots: MemorySlots, batch: int = 1, gene
 
 def memory_attention_spec(model: M4SAM, slots: MemorySlots | None = None, batch: int = 1,
                           generator: torch.Generator | None = None) -> GraphSpec:
-    slots = slots or MemorySlots.for_model(model)
+    slots = slots or MemorySlots.for_bank(model)
     module = StaticMemoryAttention(model, slots, feature_size(model)).eval()
     return GraphSpec(name=MEMORY_ATTENTION, module=module, inputs=example_memory_inputs(model, slots, batch, generator),
                      outputs=MEMORY_OUTPUTS,

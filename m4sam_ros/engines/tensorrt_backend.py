@@ -26,6 +26,7 @@ from m4sam_ros.engines.cache import ArtifactCache, EngineKey, write_atomic
 from m4sam_ros.engines.progress import stage
 
 if TYPE_CHECKING:
+    from m4sam_ros.engines.memory_attention import MemorySlots
     from m4sam_ros.model.m4sam import M4SAM
 
 log = logging.getLogger(__name__)
@@ -235,30 +236,33 @@ class TrtGraph:
 
 
 def cached_engine(model: "M4SAM", graph: str, cache: ArtifactCache, precision: str, device: torch.device,
-                  weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB, rebuild: bool = False) -> Path:
-    """The engine file for ``graph`` from the cache, or exported + built + cached on a miss
-    (or when ``rebuild``)."""
+                  weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB, slots: "MemorySlots | None" = None,
+                  rebuild: bool = False) -> Path:
+    """The engine file for ``graph`` (memory attention: with ``slots``, default the full bank)
+    from the cache, or exported + built + cached on a miss (or when ``rebuild``)."""
     from m4sam_ros.engines.export import cached_onnx, onnx_key
     from m4sam_ros.engines.graphs import graph_spec
 
     target = engine_target(device)
+    signature = onnx_key(model, graph_spec(graph, model, slots=slots), weights).signature
     key = EngineKey(graph=graph, weights_sha256=weights, image_size=model.config.image_size, precision=precision,
-                    target=target, signature=onnx_key(model, graph_spec(graph, model), weights).signature)
+                    target=target, signature=signature)
     path = None if rebuild else cache.lookup(key, ".engine")
     if path is not None:
         return path
-    onnx_path = cached_onnx(model, graph, cache, weights=weights)
+    onnx_path = cached_onnx(model, graph, cache, slots=slots, weights=weights)
     data = build_engine(onnx_path, precision, cache.timing_cache_path(target), workspace_gib)
     return cache.store(key, ".engine", data=data)
 
 
 def tensorrt_graph(model: "M4SAM", graph: str, cache: ArtifactCache, precision: str, device: torch.device,
-                   weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB) -> "TrtGraph":
+                   weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+                   slots: "MemorySlots | None" = None) -> "TrtGraph":
     """The cached (or built) engine of ``graph``, loaded; cached bytes TensorRT will not load are rebuilt once."""
-    path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib)
+    path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib, slots)
     try:
         return TrtGraph(path.read_bytes(), device)
     except EngineBuildError as error:
         log.warning("%s; rebuilding %s", error, path)
-        path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib, rebuild=True)
+        path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib, slots, rebuild=True)
         return TrtGraph(path.read_bytes(), device)

@@ -109,7 +109,7 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
         engines = create_engines(model, EngineSettings(
             backend=settings.engine.backend, device=str(device), precision=settings.engine.precision,
             cache_dir=settings.engine.cache_dir or None, threads=settings.engine.num_threads,
-            zero_shot=mode == "zero_shot"))
+            num_memory_frames=config.num_memory_frames, zero_shot=mode == "zero_shot"))
         tracker = SaliencyTracker(model, config, device=engines.device, encoder=engines.encoder,
                                   memory_attention=engines.memory_attention)
     except EngineUnavailable as exc:

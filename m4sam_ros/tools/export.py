@@ -14,9 +14,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from m4sam_ros.tools.model_args import add_model_arguments, default_graphs, model_from_args
+from m4sam_ros.tools.model_args import add_memory_argument, add_model_arguments, default_graphs, model_from_args
 from m4sam_ros.engines.export import OPSET, export_onnx
-from m4sam_ros.engines.graphs import GRAPHS, graph_spec
+from m4sam_ros.engines.graphs import GRAPHS, MEMORY_ATTENTION, graph_spec
+from m4sam_ros.engines.memory_attention import MemorySlots
 from m4sam_ros.tools.parity import PARITY_CHECKS, ParityRow, worst
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graphs", nargs="+", choices=GRAPHS, default=None,
                         help="graphs to export (default: what the node runs with these weights: with --adapter "
                              "the RGB-D encoder, without it SAM2's own (zero-shot); and the memory attention)")
+    add_memory_argument(parser)
     parser.add_argument("--parity-frames", type=int, default=3,
                         help="synthetic RGB-D frames for the parity check (plus one random input)")
     parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime parity check")
@@ -47,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
         print("m4sam export: --parity-frames must be >= 2 (the memory check needs a bank before a frame)")
         return 2
     model = model_from_args(args)
+    slots = MemorySlots.for_bank(model, args.num_memory_frames)
     failed = False
     for graph in args.graphs or default_graphs(model):
-        spec = graph_spec(graph, model)
+        spec = graph_spec(graph, model, slots=slots)
         name, size = model.config.name, model.config.image_size
-        path = args.output_dir / f"m4sam-{name}-{size}-{graph}.onnx"
+        suffix = f"-{slots.recent_frames}frames" if graph == MEMORY_ATTENTION else ""
+        path = args.output_dir / f"m4sam-{name}-{size}-{graph}{suffix}.onnx"
         export_onnx(spec, path, metadata={"preset": name, "image_size": str(size)})
         shapes = ", ".join(f"{name}{tuple(tensor.shape)}" for name, tensor in spec.inputs.items())
         print(f"wrote {path} (opset {OPSET}; inputs {shapes})")
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         from m4sam_ros.engines.onnxruntime_backend import OrtGraph
 
-        rows = PARITY_CHECKS[graph](model, OrtGraph(path), frames=args.parity_frames, seed=args.seed)
+        bank = {"num_memory_frames": slots.recent_frames} if graph == MEMORY_ATTENTION else {}
+        rows = PARITY_CHECKS[graph](model, OrtGraph(path), frames=args.parity_frames, seed=args.seed, **bank)
         print_parity(rows)
         bad = worst(rows)
         verdict = "OK" if bad.relative <= args.tolerance else "FAILED"

@@ -11,6 +11,7 @@ from m4sam_ros.engines.selection import AUTO
 from m4sam_ros.model.builder import load_m4sam
 from m4sam_ros.model.config import PRESETS
 from m4sam_ros.model.m4sam import M4SAM
+from m4sam_ros.tracker import TrackerConfig
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512) -> None:
@@ -35,6 +36,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="exported graphs and TensorRT engines (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
     group.add_argument("--no-memory-attention-engine", action="store_true",
                        help="keep memory attention in PyTorch whatever the backend")
+    add_memory_argument(group)
+
+
+def add_memory_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--num-memory-frames", type=int, default=TrackerConfig.num_memory_frames,
+                        help="recent frames in the memory bank besides the conditioning frame "
+                             "(tracker.num_memory_frames); the memory-attention graph has slots for that many")
 
 
 def model_from_args(args: argparse.Namespace) -> M4SAM:
@@ -48,7 +56,7 @@ def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings
     """``zero_shot``: the tracker runs in zero-shot mode (SAM2's own encoder)."""
     return EngineSettings(backend=args.backend, device=args.device, precision=args.precision,
                           cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine,
-                          zero_shot=zero_shot)
+                          num_memory_frames=args.num_memory_frames, zero_shot=zero_shot)
 
 
 def default_graphs(model: M4SAM) -> list[str]:
