@@ -19,8 +19,8 @@ import torch
 from m4sam_ros.engines.backends import BACKENDS
 from m4sam_ros.engines.base import EncoderEngine, EngineBuildError, EngineUnavailable, ExportError, MemoryAttentionEngine
 from m4sam_ros.engines.cache import ArtifactCache, weights_hash
-from m4sam_ros.engines.graph_engines import GraphEncoder, GraphMemoryAttention
-from m4sam_ros.engines.graphs import ENCODER, ENCODER_SAM2, MEMORY_ATTENTION, graphs_for
+from m4sam_ros.engines.graph_engines import CompiledGraph, GraphEncoder, GraphMemoryAttention
+from m4sam_ros.engines.graphs import MEMORY_ATTENTION, graphs_for
 from m4sam_ros.engines.memory_attention import MemorySlots
 from m4sam_ros.engines.platform import Platform
 from m4sam_ros.engines.selection import AUTO, Choice, select_backend
@@ -75,20 +75,34 @@ def _create(model: M4SAM, choice: Choice, settings: EngineSettings) -> Engines:
     if backend.compile is None:
         return Engines(TorchEncoder(model, choice.device, choice.precision),
                        TorchMemoryAttention(model, choice.device, choice.precision), choice)
-    device = torch.device(choice.device)
-    model.to(device).eval()  # the memory is packed, and the light stages run, next to the graphs
-    cache = ArtifactCache(settings.cache_dir)
+    model.to(torch.device(choice.device)).eval()  # the memory is packed, and the light stages run, next to the graphs
     weights = weights_hash(model)
-    graphs = graphs_for(model, settings.zero_shot, settings.memory_attention)
-    slots = MemorySlots.for_bank(model, settings.num_memory_frames)
-    compiled = {g: backend.compile(model, g, cache, choice, settings, weights, slots) for g in graphs}
-    encoder = GraphEncoder({g: compiled[g] for g in (ENCODER, ENCODER_SAM2) if g in compiled},
+    encoders = graphs_for(model, settings.zero_shot, memory_attention=False)
+    encoder = GraphEncoder({g: _compile(model, g, choice, settings, weights) for g in encoders},
                            choice.backend, choice.precision)
-    if MEMORY_ATTENTION in compiled:
-        memory = GraphMemoryAttention(compiled[MEMORY_ATTENTION], model, slots, choice.backend, choice.precision)
-    else:
-        memory = TorchMemoryAttention(model, device, "fp32")
-    return Engines(encoder, memory, choice)
+    return Engines(encoder, memory_attention_engine(model, choice, settings, weights), choice)
+
+
+def _compile(model: M4SAM, graph: str, choice: Choice, settings: EngineSettings, weights: str) -> CompiledGraph:
+    slots = MemorySlots.for_bank(model, settings.num_memory_frames)
+    return BACKENDS[choice.backend].compile(model, graph, ArtifactCache(settings.cache_dir), choice, settings,
+                                            weights, slots)
+
+
+def memory_attention_engine(model: M4SAM, choice: Choice, settings: EngineSettings,
+                            weights: str | None = None) -> MemoryAttentionEngine:
+    """The memory attention on ``choice`` for a bank of ``settings.num_memory_frames``: the exported
+    graph where the backend compiles one and the mode uses it, else SAM2's own in PyTorch.
+    The benchmark pairs one encoder with several of these to measure cost against bank size."""
+    device = torch.device(choice.device)
+    backend = BACKENDS[choice.backend]
+    if backend.compile is None:
+        return TorchMemoryAttention(model, device, choice.precision)
+    if MEMORY_ATTENTION not in graphs_for(model, settings.zero_shot, settings.memory_attention):
+        return TorchMemoryAttention(model, device, "fp32")
+    graph = _compile(model, MEMORY_ATTENTION, choice, settings, weights or weights_hash(model))
+    return GraphMemoryAttention(graph, model, MemorySlots.for_bank(model, settings.num_memory_frames),
+                                choice.backend, choice.precision)
 
 
 def create_engines(model: M4SAM, settings: EngineSettings = EngineSettings(),

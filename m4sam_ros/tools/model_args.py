@@ -36,6 +36,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="exported graphs and TensorRT engines (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
     group.add_argument("--no-memory-attention-engine", action="store_true",
                        help="keep memory attention in PyTorch whatever the backend")
+    group.add_argument("--threads", type=int, default=0,
+                       help="CPU threads of torch and ONNX Runtime (engine.num_threads; 0 = their defaults, one "
+                            "per core); set it where other processes share the CPU")
     add_memory_argument(group)
 
 
@@ -56,7 +59,7 @@ def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings
     """``zero_shot``: the tracker runs in zero-shot mode (SAM2's own encoder)."""
     return EngineSettings(backend=args.backend, device=args.device, precision=args.precision,
                           cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine,
-                          num_memory_frames=args.num_memory_frames, zero_shot=zero_shot)
+                          num_memory_frames=args.num_memory_frames, zero_shot=zero_shot, threads=args.threads)
 
 
 def default_graphs(model: M4SAM) -> list[str]:
