@@ -223,14 +223,14 @@ def test_export_command_writes_files_and_reports_errors(tmp_path, capsys):
     # no adapter: what a zero-shot node runs
     for graph, name in (("encoder_sam2", "encoder_sam2"), ("memory_attention", "memory_attention-6frames")):
         assert (tmp_path / f"m4sam-test-64-{name}.onnx").is_file()
-        assert f"{graph}: ONNX Runtime vs PyTorch max abs" in out
+        assert f"{graph}: ONNX Runtime (fp32) vs PyTorch (fp32) max abs" in out
     assert not (tmp_path / "m4sam-test-64-encoder.onnx").exists()
     assert "max abs err" in out and "rel err" in out and "FAILED" not in out
     args = parser.parse_args(["--preset", "test", "--image-size", "64", "--output-dir", str(tmp_path),
                               "--graphs", "encoder", "--parity-frames", "2"])
     assert export_cmd.run(args) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "m4sam-test-64-encoder.onnx").is_file() and "encoder: ONNX Runtime vs PyTorch" in out
+    assert (tmp_path / "m4sam-test-64-encoder.onnx").is_file() and "encoder: ONNX Runtime (fp32) vs PyTorch" in out
     assert set(ENCODER_INPUTS) <= set(out.replace("(", " ").split())
     args = parser.parse_args(["--preset", "test", "--image-size", "64", "--output-dir", str(tmp_path),
                               "--graphs", "memory_attention", "--num-memory-frames", "2", "--parity-frames", "3"])

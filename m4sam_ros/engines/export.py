@@ -73,7 +73,8 @@ def export_onnx(spec: GraphSpec, path: Path | str, opset: int = OPSET, metadata:
             model = simplify(model)
     shared = share_identical_initializers(model)
     _declare_output_shapes(model, spec)
-    for key, value in {"m4sam_graph": spec.name, "opset": str(opset), **spec.signature, **(metadata or {})}.items():
+    for key, value in {"m4sam_graph": spec.name, "opset": str(opset), "precision": spec.precision, **spec.signature,
+                       **(metadata or {})}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     check_onnx(model)
@@ -98,14 +99,15 @@ def _declare_output_shapes(model: onnx.ModelProto, spec: GraphSpec) -> None:
 def onnx_key(model: M4SAM, spec: GraphSpec, weights: str | None = None, opset: int = OPSET) -> EngineKey:
     """Cache key of an exported graph (portable: no TensorRT or GPU fields)."""
     return EngineKey(graph=spec.name, weights_sha256=weights or weights_hash(model),
-                     image_size=model.config.image_size, precision="fp32",
+                     image_size=model.config.image_size, precision=spec.precision,
                      signature=tuple(sorted({**spec.signature, "opset": opset}.items())))
 
 
 def cached_onnx(model: M4SAM, graph: str, cache: ArtifactCache, batch: int = 1, slots: MemorySlots | None = None,
-                weights: str | None = None) -> Path:
-    """The ONNX file of ``graph`` for this model from the cache, exported on a miss."""
-    spec = graph_spec(graph, model, batch=batch, slots=slots)
+                weights: str | None = None, precision: str = "fp32") -> Path:
+    """The ONNX file of ``graph`` (fp32, or fp16 for strongly typed TensorRT) for this model from
+    the cache, exported on a miss."""
+    spec = graph_spec(graph, model, batch=batch, slots=slots, precision=precision)
     key = onnx_key(model, spec, weights)
     path = cache.lookup(key, ".onnx")
     if path is not None:

@@ -33,14 +33,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineSettings:
     """backend: auto | pytorch | onnxruntime | tensorrt; device: auto | cpu | cuda | cuda:N;
-    precision: auto | fp32 | fp16 | bf16 (int8 refused until calibration exists);
+    precision: auto | fp32 | fp16 | bf16 | int8 (ONNX Runtime on CPU, when its accuracy policy allows);
     cache_dir: exported graphs and engines (None = $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros);
     memory_attention: also run memory attention on the chosen backend (False keeps it in PyTorch);
     num_memory_frames: the tracker's (``TrackerConfig.num_memory_frames``): the memory-attention
     graph has slots for that many recent frames and costs what they hold (None: SAM2's 6);
     zero_shot: export/build SAM2's own encoder (zero-shot mode: one pass, no adapters) instead
     of the RGB-D one (learned mode);
-    workspace_gib: TensorRT builder workspace; threads: ONNX Runtime intra-op threads (0 = default)."""
+    workspace_gib: TensorRT builder workspace; threads: ONNX Runtime intra-op threads (0 = default);
+    unvalidated_int8: run int8 even where its accuracy policy withholds it (for measuring that policy)."""
 
     backend: str = AUTO
     device: str = AUTO
@@ -51,6 +52,7 @@ class EngineSettings:
     zero_shot: bool = False
     workspace_gib: float = 4.0
     threads: int = 0
+    unvalidated_int8: bool = False
 
     def __post_init__(self) -> None:
         if not self.workspace_gib > 0:
@@ -113,7 +115,8 @@ def create_engines(model: M4SAM, settings: EngineSettings = EngineSettings(),
     its libraries are missing, or its graph fails to export or build) is logged and the next
     one is tried; an explicit backend that cannot run raises the error with the reason.
     """
-    selection = select_backend(settings.backend, settings.device, settings.precision, platform)
+    selection = select_backend(settings.backend, settings.device, settings.precision, platform,
+                               settings.unvalidated_int8)
     for choice in selection.candidates:
         try:
             engines = _create(model, choice, settings)

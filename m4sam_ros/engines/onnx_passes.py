@@ -26,11 +26,11 @@ _FOLD_LIMIT = 1 << 26
 
 
 @contextmanager
-def quiet(*loggers: str) -> Iterator[None]:
+def quiet(*loggers: str, level: int = logging.WARNING) -> Iterator[None]:
     """The optimizers log every rewrite at INFO; keep the user's log readable."""
     saved = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
