@@ -2,13 +2,14 @@
 
 Exporter: PyTorch's TorchScript-based ``torch.onnx.export(dynamo=False)`` at opset 17.
 Opset 17 because it is the first with a native ``LayerNormalization`` (TensorRT >= 8.6
-maps it to one normalisation layer that can be pinned to FP32, see tensorrt_backend), and
-the highest that TensorRT 8.6 - still the TensorRT of JetPack 5 on Jetson Orin - parses;
-TensorRT 10 reads it too. (The torch.export-based exporter emits opset 18 and, for this
-graph, fails to convert down to 17.) The traced graph is then constant-folded with
-onnxscript's optimizer, which removes the ``If`` nodes and shape arithmetic the tracer
-leaves around SAM2's position-embedding code (``torch.tile`` with computed repeats), so
-TensorRT parses plain static layers.
+maps it to one normalisation layer that can be kept in FP32, see tensorrt_backend), and
+the highest TensorRT 8.6 parses; TensorRT 10 reads it too. TensorRT 8.5 (JetPack 5) parses
+no LayerNormalization: a Jetson needs JetPack 6 (tensorrt_backend says why not a decomposed
+graph). (The torch.export-based exporter emits opset 18 and, for this graph, fails to
+convert down to 17.) The traced graph is then rewritten without changing its results
+(``onnx_passes``): constant folding removes the ``If`` nodes and shape arithmetic the tracer
+leaves around SAM2's position-embedding code, onnxslim simplifies what is left (and with it
+the ``Mod`` nodes of Hiera's window padding), and identical tensors are stored once.
 """
 from __future__ import annotations
 

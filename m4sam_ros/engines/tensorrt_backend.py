@@ -11,10 +11,12 @@ Precision: FP16 by default (FP32 on request). How FP16 is built depends on the v
   17's ``LayerNormalization`` becomes one normalisation layer whose precision can be
   constrained).
 - Before 8.6: refused. TensorRT 8.5's ONNX parser has no LayerNormalization. That is the
-  TensorRT of JetPack 5, whose Python 3.8 is also older than this package's 3.10, so on a
-  Jetson the minimum is JetPack 6 (TensorRT 10.3, Python 3.10). Its TensorRT bindings
-  (python3-libnvinfer) are built for that system Python: a Jetson runs the node with it (ROS 2
-  Humble from apt), not from the repository's Python 3.11 venv.
+  TensorRT of JetPack 5, so on a Jetson the minimum is JetPack 6 (TensorRT 10.3, Python 3.10).
+  A graph 8.5 parses (LayerNorm decomposed) would not bring JetPack 5 back: its TensorRT
+  bindings are for its Python 3.8, which cannot run this package (3.10+), and a decomposed
+  LayerNorm's mean of squares is no longer one layer to keep in FP32. JetPack 6's bindings
+  (python3-libnvinfer) are built for its system Python 3.10: a Jetson runs the node with that
+  Python (ROS 2 Humble from apt), not from the repository's Python 3.11 venv.
 
 INT8 needs a calibration set and is refused until one exists.
 
