@@ -7,6 +7,12 @@ range, so it needs no calibration set. Attention products (two activations) stay
 error can flip, and they are a negligible share of the work. Nothing else changes: inputs
 and outputs stay float32, LayerNorm and softmax run in float.
 
+Measured on this repository's 2-core CPU (one thread, fp32 vs int8 interleaved in one
+process, Hiera-T at 512 px, random weights): SAM2's encoder 2.2x faster, the RGB-D encoder
+1.34x (its fusion convolutions stay float: quantising convolutions too made it 1.7x slower
+than fp32 in ONNX Runtime's ConvInteger), the memory attention 1.24x (1.18x at 256 px; its
+attention products stay float), with 1-3 % drift of the outputs' range.
+
 Two things in ONNX Runtime's quantizer need help: it turns each ``Gemm`` into a MatMul by
 transposing the weight in place, assuming no other node reads it, so a weight shared by
 several Gemms (identical initializers are shared at export) is first given one copy per
