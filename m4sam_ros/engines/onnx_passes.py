@@ -72,7 +72,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         import onnxslim
     except ImportError as error:
-        raise ExportError("onnxslim is not installed: pip install onnxslim (part of the package's onnx extra)") from error
+        raise ExportError("onnxslim is not installed: pip install onnxslim (in the package's onnx extra)") from error
 
     with quiet("onnxslim"):
         return onnxslim.slim(model)

@@ -75,7 +75,7 @@ class EvalConfig:
     precision: str = field(default="auto", metadata={
         "help": "engine precision; int8 (ONNX Runtime, CPU) runs here even where the node withholds it: this is what "
                 "measures it", "choices": ["auto", *PRECISIONS]})
-    cache_dir: str | None = field(default=None, metadata={"help": "exported graphs and engines (default as the node's)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "exported graphs and engines (default: the node's)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch and ONNX Runtime (0 = their default)"})
     out_dir: str = field(default="runs/eval", metadata={"help": "folder for metrics.json, metrics.md, strip.png"})
     strip_frames: int = field(default=4, metadata={"help": "frames shown in strip.png"})
