@@ -10,14 +10,15 @@ from m4sam_ros.tools.sam2_reference import PEER_STAGES
 from m4sam_ros.tracker import STAGES
 
 
-def _run(tmp_path, *extra: str) -> dict:
+def _run(tmp_path, *extra: str, backend: str = "pytorch") -> dict:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--preset", "test", "--image-size", "64", "--frames", "24", "--warmup", "2",
-                              "--camera", "80x60", "--backend", "pytorch", "--output-dir", str(tmp_path), *extra])
+                              "--camera", "80x60", "--backend", backend, "--output-dir", str(tmp_path),
+                              "--cache-dir", str(tmp_path / "cache"), *extra])
     assert bench.run(args) == 0
-    assert (tmp_path / "bench-test-64-pytorch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads((tmp_path / "bench-test-64-pytorch.json").read_text())
+    assert (tmp_path / f"bench-test-64-{backend}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads((tmp_path / f"bench-test-64-{backend}.json").read_text())
 
 
 def test_bench_reports_stages_fps_memory_peer_and_scaling(tmp_path, capsys):
@@ -63,3 +64,29 @@ def test_bench_reports_parity_and_engine_options(tmp_path, caplog):
     assert "CUDA graphs need a CUDA device" in caplog.text
     assert parity["frames"] == 3 and parity["reference"] == "pytorch on cpu (fp32, eager)"
     assert parity["max_abs_probability"] == 0.0 and parity["min_mask_iou"] == 1.0
+
+
+def test_bench_records_the_machine_and_threads(tmp_path, capsys):
+    report = _run(tmp_path, "--no-peer", "--threads", "1")
+    config = report["config"]
+    assert config["threads_requested"] == 1 and config["torch_threads"] == 1 and config["cpu_count"] >= 1
+    assert len(config["load_average_start"]) == len(config["load_average"]) == 3
+    assert report["memory_sweep"] is None
+    assert "load average" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_sweeps_bank_sizes_on_exported_memory_attention(tmp_path, capsys):
+    """One encoder, a memory-attention graph per bank size, all on the same frames: the report
+    and the chart's fourth panel give per-frame cost against num_memory_frames."""
+    report = _run(tmp_path, "--no-peer", "--num-memory-frames", "6", "--sweep-memory-frames", "1", "3",
+                  backend="onnxruntime")
+    sweep = report["memory_sweep"]
+    assert [point["num_memory_frames"] for point in sweep] == [1, 3, 6]
+    for point in sweep:
+        assert point["memory_attention_ms"]["p95"] >= point["memory_attention_ms"]["median"] > 0
+        assert point["end_to_end_ms"]["median"] > point["memory_attention_ms"]["median"]
+    assert sweep[-1]["end_to_end_ms"] == report["m4sam"]["end_to_end_ms"]
+    assert len(list((tmp_path / "cache").glob("memory_attention-*.onnx"))) == 3
+    assert len(list((tmp_path / "cache").glob("encoder_sam2-*.onnx"))) == 1
+    assert "num_memory_frames 1: memory attention median" in capsys.readouterr().out

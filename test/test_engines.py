@@ -1,6 +1,7 @@
 """Engines without a GPU: real-valued RoPE, static memory attention, backend selection,
 engine cache keys, PyTorch and ONNX Runtime engines, TensorRT's clear refusal."""
 import dataclasses
+import json
 import os
 import subprocess
 import importlib.util
@@ -8,6 +9,9 @@ import io
 import logging
 import time
 
+import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
@@ -17,11 +21,15 @@ from m4sam_ros.engines.cache import ArtifactCache, EngineKey, weights_hash
 from m4sam_ros.engines.factory import EngineSettings, create_engines
 from m4sam_ros.engines.graphs import example_encoder_inputs
 from m4sam_ros.engines.memory_attention import MemorySlots, StaticMemoryAttention, pack_memory
+from m4sam_ros.engines.onnxruntime_backend import OrtGraph
+from m4sam_ros.engines.quantization import quantize
 from m4sam_ros.engines.progress import stage
-from m4sam_ros.engines.rope import repeat_tables, rope_tables, rotate
+from m4sam_ros.engines.rope import rope_tables, rotate
 from m4sam_ros.engines.platform import Platform
-from m4sam_ros.engines.selection import select_backend
-from m4sam_ros.engines.tensorrt_backend import check_tensorrt_precision
+from m4sam_ros.engines.int8_policy import INT8_MEASUREMENT, MAX_S_DROP, HeldOutScore, Int8Measurement, int8_refusal
+from m4sam_ros.engines.selection import Choice, select_backend
+from m4sam_ros.engines.tensorrt_backend import (check_tensorrt_precision, missing_tensorrt_hint, onnx_precision,
+                                                strongly_typed)
 from m4sam_ros.engines.torch_backend import TorchEncoder, TorchMemoryAttention
 from m4sam_ros.model.m4sam import EncodedFrame, build_m4sam
 from m4sam_ros.model.memory import MemoryView
@@ -55,7 +63,7 @@ def test_real_rope_equals_sam2_apply_rotary_enc(repeats):
     q_ref, k_ref = apply_rotary_enc(q, k, freqs_cis=cis, repeat_freqs_k=repeats > 1)
     cos, sin = rope_tables(cis)
     torch.testing.assert_close(rotate(q, cos, sin), q_ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(rotate(k, *repeat_tables(cos, sin, repeats)), k_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rotate(k, cos, sin), k_ref, rtol=1e-6, atol=1e-6)  # one frame's table, repeated
 
 
 def test_rope_keeps_dtype_and_refuses_mismatched_tables():
@@ -76,7 +84,7 @@ def test_packed_memory_attention_equals_sam2(model, frame_index, recent):
     h = SIZE // 16
     frame = EncodedFrame(torch.randn(1, model.hidden_dim, h, h, generator=generator), None, None,
                          torch.randn(1, model.hidden_dim, h, h, generator=generator))
-    slots = MemorySlots.for_model(model)
+    slots = MemorySlots.for_bank(model)
     with torch.inference_mode():
         reference = model.condition_on_memory(frame, view)
         packed = pack_memory(model, view, slots, (h, h), batch=1)
@@ -91,7 +99,7 @@ def test_static_memory_attention_tables_follow_the_model_device():
     the GPU or export/parity fail with a device mismatch. ``meta`` stands in for a GPU here."""
     model = build_m4sam("test", image_size=SIZE, seed=0).to("meta")
     h = SIZE // 16
-    static = StaticMemoryAttention(model, MemorySlots.for_model(model), (h, h))
+    static = StaticMemoryAttention(model, MemorySlots.for_bank(model), (h, h))
     assert {b.device.type for b in static.buffers()} == {"meta"}
     spatial, pointers = static.num_rope_keys, static.num_pointer_tokens
     embed = torch.empty(1, model.hidden_dim, h, h, device="meta")
@@ -101,7 +109,7 @@ def test_static_memory_attention_tables_follow_the_model_device():
 
 def test_pack_memory_refuses_what_it_cannot_mirror(model):
     generator = torch.Generator().manual_seed(0)
-    slots = MemorySlots.for_model(model)
+    slots = MemorySlots.for_bank(model)
     empty = MemoryView(1, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, 17)
     with pytest.raises(ValueError, match="no conditioning frame"):
         pack_memory(model, empty, slots, (4, 4), 1)
@@ -156,26 +164,58 @@ def test_precision_and_device_requests():
     assert any("tensorrt 10.3.0 runs fp16/fp32, not bf16" in line for line in choice.skipped)
     assert select_backend(device="cuda:1", platform=FULL_GPU).choice.device == "cuda:1"
     with pytest.raises(EngineUnavailable, match="calibration"):
-        select_backend(precision="int8", platform=FULL_GPU)
+        select_backend("tensorrt", precision="int8", platform=FULL_GPU)
     for bad in (dict(backend="tflite"), dict(device="gpu"), dict(precision="fp8")):
         with pytest.raises(ValueError, match="must be"):
             select_backend(platform=CPU_ONLY, **bad)
 
 
+def test_int8_runs_on_onnx_runtime_cpu_only_and_follows_its_accuracy_policy():
+    measured = select_backend(precision="int8", platform=FULL_GPU, unvalidated_int8=True)
+    assert measured.choice == Choice("onnxruntime", "cpu", "int8")  # int8 under auto: the one engine that has it
+    assert any("onnxruntime on cuda: onnxruntime runs fp32, not int8 (int8 runs on ONNX Runtime on CPU" in line
+               for line in measured.skipped)
+    assert select_backend("onnxruntime", "cpu", platform=CPU_ONLY).choice.precision == "fp32"  # auto: never int8
+    refusal = int8_refusal()
+    if refusal is None:
+        assert select_backend("onnxruntime", "cpu", "int8", platform=CPU_ONLY).choice.precision == "int8"
+    else:
+        with pytest.raises(EngineUnavailable, match="int8 is withheld: its S-measure drops by"):
+            select_backend("onnxruntime", "cpu", "int8", platform=CPU_ONLY)
+    with pytest.raises(EngineUnavailable, match="pytorch has no int8: int8 runs on ONNX Runtime on CPU"):
+        TorchEncoder(build_m4sam("test", image_size=SIZE), "cpu", "int8")
+
+
+def test_int8_policy_is_one_measured_threshold():
+    def measured(*drops):
+        return Int8Measurement("w", "2025-01-01", tuple(HeldOutScore(f"set {i}", 10, 0.9, 0.9 - d)
+                                                         for i, d in enumerate(drops)), "measure it")
+    assert int8_refusal(measured(0.002, MAX_S_DROP)) is None
+    reason = int8_refusal(measured(0.002, 0.03))
+    assert "drops by 0.0300 (> 0.01)" in reason and "set 1 (10 frames) S 0.9000 -> 0.8700" in reason
+    assert "`measure it`" in reason and "2025-01-01" in reason
+    assert INT8_MEASUREMENT.date != "PENDING" and all(s.frames > 0 for s in INT8_MEASUREMENT.scores)
+
+
 def test_tensorrt_versions_decide_precisions():
-    """8.6-10.x: fp16 (default) and fp32; 11 removed weakly typed FP16: fp32; < 8.6: not at all."""
-    trt11 = dataclasses.replace(FULL_GPU, tensorrt_version="11.3.0")
-    assert select_backend(platform=trt11).choice == select_backend("tensorrt", precision="fp32", platform=trt11).choice
-    assert select_backend(platform=trt11).choice.precision == "fp32"
-    fp16 = select_backend(precision="fp16", platform=trt11)
-    assert fp16.choice.backend == "pytorch" and "tensorrt 11.3.0 runs fp32, not fp16" in fp16.skipped[0]
-    old = select_backend(platform=dataclasses.replace(FULL_GPU, tensorrt_version="8.5.3"))
-    assert old.choice.backend == "onnxruntime" and "too old" in old.skipped[0]
+    """8.6-9.x: weakly typed fp16 (LayerNorm pinned) from the fp32 ONNX; 10+ (11 builds nothing
+    else): strongly typed, fp16 from the fp16 ONNX; < 8.6 (JetPack 5's 8.5): not at all."""
+    trt11 = dataclasses.replace(FULL_GPU, tensorrt_version="11.4.0")
+    assert select_backend(platform=trt11).choice == Choice("tensorrt", "cuda", "fp16")
+    assert [strongly_typed(v) for v in ("8.6.1", "9.3.0", "10.3.0", "11.4.0")] == [False, False, True, True]
+    assert onnx_precision("10.3.0", "fp16") == "fp16" and onnx_precision("8.6.1", "fp16") == "fp32"
+    assert onnx_precision("11.4.0", "fp32") == "fp32"
+    old = select_backend(platform=dataclasses.replace(FULL_GPU, tensorrt_version="8.5.2"))
+    assert old.choice.backend == "onnxruntime" and "too old" in old.skipped[0] and "JetPack 6" in old.skipped[0]
     assert check_tensorrt_precision("10.3.0", "fp16") == "fp16"
-    with pytest.raises(EngineUnavailable, match="removed weakly typed FP16"):
-        check_tensorrt_precision("11.0.0", "fp16")
-    with pytest.raises(EngineUnavailable, match="too old"):
-        check_tensorrt_precision("8.5.3", "fp32")
+    with pytest.raises(EngineUnavailable, match=r"lacks LayerNormalization.*JetPack 6 \(TensorRT 10.3\)"):
+        check_tensorrt_precision("8.5.2", "fp32")
+
+
+def test_a_jetson_without_tensorrt_is_told_the_system_python_route():
+    hint = missing_tensorrt_hint(jetson=True, python=(3, 11))
+    assert "Python 3.11" in hint and "system Python 3.10" in hint and "--system-site-packages" in hint
+    assert "pip install tensorrt" in missing_tensorrt_hint(jetson=False, python=(3, 11))
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or HAS_TENSORRT, reason="checks the CPU-only machine's choice")
@@ -324,6 +364,83 @@ def test_onnxruntime_engines_match_pytorch_and_come_from_the_cache(model, tmp_pa
     with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):
         create_engines(model, settings)
     assert caplog.text.count("cache hit") == 2 and "exporting" not in caplog.text
+
+
+@pytest.mark.slow
+def test_onnxruntime_int8_engines_are_quantised_cached_and_close(model, tmp_path, caplog):
+    """int8: weight MatMuls quantised (routers and attention products left float), cached
+    under their own key next to the fp32 graphs they come from, outputs near fp32's."""
+    settings = EngineSettings(backend="onnxruntime", device="cpu", precision="int8", cache_dir=str(tmp_path),
+                              unvalidated_int8=True)
+    with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):
+        engines = create_engines(model, settings)
+    assert engines.encoder.describe() == "onnxruntime on cpu (int8)"
+    assert "quantising encoder to int8" in caplog.text and "quantising memory_attention to int8" in caplog.text
+    int8_files = sorted(tmp_path.glob("*-int8-*.onnx"))
+    assert len(int8_files) == 2 and len(list(tmp_path.glob("*-fp32-*.onnx"))) == 2
+    sidecar = json.loads(int8_files[0].with_name(int8_files[0].name + ".json").read_text())
+    assert sidecar["key"]["precision"] == "int8"
+    assert dict(sidecar["key"]["target"]) == {"onnxruntime_version": onnxruntime.__version__}
+    assert "quantization" in dict(sidecar["key"]["signature"])
+    encoder = onnx.load(str(next(f for f in int8_files if f.name.startswith("encoder-"))))
+    assert sum(n.op_type == "MatMulInteger" for n in encoder.graph.node) > 10
+    routers = [n for n in encoder.graph.node if "/router/" in n.name and n.op_type in ("MatMul", "Gemm",
+                                                                                          "MatMulInteger")]
+    assert routers and {n.op_type for n in routers} <= {"MatMul", "Gemm"}
+    inputs = example_encoder_inputs(model, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        reference = model.encode(**inputs)
+    frame = engines.encoder(**inputs)
+    for got, ref in zip(frame, reference):
+        assert (got - ref).abs().max() < 0.1 * ref.abs().max()
+    assert not torch.equal(frame.image_embed, reference.image_embed)  # quantised indeed
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="m4sam_ros.engines"):
+        create_engines(model, settings)
+    assert caplog.text.count("cache hit") == 2 and "quantising" not in caplog.text
+
+
+def test_quantizer_gets_one_weight_per_gemm(tmp_path):
+    """ONNX Runtime's quantizer transposes a Gemm's weight in place; two Gemms reading one shared
+    weight made it transpose twice (a graph that would not load). Each Gemm gets its own copy."""
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="first"),
+         onnx.helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="second")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [2, 8]),
+         onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])], initializer=[weight])
+    source = tmp_path / "shared.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), str(source))
+    quantised = OrtGraph(quantize(source, tmp_path / "int8.onnx"))
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32))
+    out = quantised.run({"x": x})
+    reference = x @ torch.from_numpy(onnx.numpy_helper.to_array(weight).copy()).T
+    for name in ("h", "y"):
+        assert (out[name] - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+@pytest.mark.slow
+def test_memory_attention_engine_has_the_banks_slots_and_its_own_cache_entry(model, tmp_path):
+    """num_memory_frames picks a graph of 1 + N spatial slots (its own cache key), which equals
+    SAM2 on such a bank and refuses a bank it has no room for."""
+    def engines(frames):
+        return create_engines(model, EngineSettings(backend="onnxruntime", device="cpu", cache_dir=str(tmp_path),
+                                                    num_memory_frames=frames, memory_attention=True))
+    two, six = engines(2), engines(None)
+    h = SIZE // 16
+    assert two.memory_attention.graph.input_shapes["memory"] == (1, 3 * h * h + 16 * 2, model.mem_dim)
+    assert six.memory_attention.graph.input_shapes["memory"] == (1, 7 * h * h + 16 * 2, model.mem_dim)
+    assert len(list(tmp_path.glob("memory_attention-*.onnx"))) == 2
+    frame = model.encode(**example_encoder_inputs(model, generator=torch.Generator().manual_seed(5)))
+    fits = memory_view(model, 3, 2, torch.Generator().manual_seed(6))  # conditioning + 2 recent frames
+    with torch.inference_mode():
+        expected = model.condition_on_memory(frame, fits)
+    torch.testing.assert_close(two.memory_attention(frame, fits), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="holds 5 spatial memories but the exported graph has slots for 3"):
+        two.memory_attention(frame, memory_view(model, 5, 4, torch.Generator().manual_seed(7)))
+    with pytest.raises(ValueError, match=r"num_memory_frames must be in \[1, 6\]"):
+        engines(7)
 
 
 @pytest.mark.slow

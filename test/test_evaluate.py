@@ -158,3 +158,22 @@ def test_first_mask_evaluation_on_held_out_rendered_scenes(tmp_path):
     result = json.loads((out / "metrics_first_mask.json").read_text())
     assert result["frames"] >= 14 and sum(result["rules"].values()) == result["frames"]
     assert result["initial_mask"]["s_measure"] > result["prior"]["s_measure"] + 0.05, result
+
+
+@pytest.mark.slow
+def test_int8_accuracy_measures_the_s_drop_through_onnx_runtime(videos, tmp_path):
+    """What the int8 policy rests on: the demo weights through ONNX Runtime in fp32 and int8 on
+    the same videos, printed as the record int8_policy.py keeps."""
+    from m4sam_ros.engines.int8_policy import HeldOutScore, Int8Measurement
+    from m4sam_ros.tools import int8_accuracy
+
+    data = int8_accuracy.DATA
+    scores = int8_accuracy.measure(str(data / "demo_sam2.pt"), str(data / "demo_adapter.pt"), {"tiny": videos},
+                                   cache_dir=str(tmp_path))
+    (score,) = scores
+    assert score.name == "tiny" and score.frames == 10 and 0 < score.s_int8 <= 1 and 0 < score.s_fp32 <= 1
+    assert abs(score.drop) < 0.05
+    assert len(list(tmp_path.glob("encoder-*-int8-*.onnx"))) == 1
+    measurement = Int8Measurement("w", "today", scores, "measure")
+    names = {"Int8Measurement": Int8Measurement, "HeldOutScore": HeldOutScore}
+    assert eval(int8_accuracy.record(measurement).split("=", 1)[1], names) == measurement  # the literal to paste

@@ -2,6 +2,7 @@
 and equal to PyTorch in ONNX Runtime on random and synthetic RGB-D input."""
 import argparse
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -13,6 +14,8 @@ from m4sam_ros.engines.cache import ArtifactCache
 from m4sam_ros.engines.export import FORBIDDEN_OPS, OPSET, ExportError, cached_onnx, check_onnx, export_onnx
 from m4sam_ros.engines.graphs import (ENCODER_INPUTS, ENCODER_OUTPUTS, MEMORY_INPUTS, GraphSpec, encoder_sam2_spec,
                                      encoder_spec, memory_attention_spec)
+from m4sam_ros.engines.memory_attention import MemorySlots
+from m4sam_ros.engines.onnx_passes import share_identical_initializers
 from m4sam_ros.engines.onnxruntime_backend import OrtGraph
 from m4sam_ros.tools.model_args import default_graphs, model_from_args
 from m4sam_ros.tools.parity import encoder_parity, encoder_sam2_parity, memory_attention_parity, worst
@@ -70,7 +73,7 @@ def test_memory_attention_onnx_has_no_complex_or_tile_ops(exported):
     assert list(_io(model, model.graph.input)) == list(MEMORY_INPUTS)
     ops = {node.op_type for node in model.graph.node}
     assert not ops & (FORBIDDEN_OPS | {"Tile"})  # real RoPE; expand/reshape instead of repeat_interleave
-    # 7 spatial slots of 8x8 tokens + 16 pointer slots of 32/16 = 2 tokens
+    # by default the full bank: 7 spatial slots of 8x8 tokens + 16 pointer slots of 32/16 = 2 tokens
     assert _io(model, model.graph.input)["memory"] == (1, 7 * 64 + 16 * 2, 16)
 
 
@@ -93,6 +96,63 @@ def test_memory_attention_parity_on_tracker_banks(test_model, exported):
     assert [r.inputs.split(",")[0] for r in rows] == ["random", "synthetic frame 1", "synthetic frame 2",
                                                       "synthetic frame 3"]
     assert worst(rows).relative < TOLERANCE
+
+
+@pytest.mark.parametrize("frames", range(1, 7))
+def test_memory_attention_per_slot_count_matches_sam2(test_model, tmp_path, frames):
+    """One graph per bank size (1 conditioning + ``frames`` recent frames, 16 pointers): its
+    token axis is what the bank holds, and it equals SAM2 on banks the tracker built."""
+    slots = MemorySlots.for_bank(test_model, frames)
+    path = export_onnx(memory_attention_spec(test_model, slots), tmp_path / "memory.onnx")
+    model = onnx.load(str(path))
+    assert _io(model, model.graph.input)["memory"] == (1, (1 + frames) * 64 + 16 * 2, 16)
+    rows = memory_attention_parity(test_model, OrtGraph(path), frames=frames + 2, num_memory_frames=frames)
+    assert rows[-1].inputs.endswith(f"bank of {1 + frames} frames")  # the last bank fills every spatial slot
+    assert worst(rows).relative < TOLERANCE
+
+
+def _initializers(model: onnx.ModelProto) -> list[tuple[tuple[int, ...], int]]:
+    return [(tuple(i.dims), onnx.numpy_helper.to_array(i).nbytes) for i in model.graph.initializer]
+
+
+def test_memory_attention_holds_one_frame_of_rope_tables_whatever_its_slots(test_model, tmp_path):
+    """The RoPE tables (8x8 tokens, head dim 32 -> (64, 16) cos and sin) are stored once: the
+    same for queries and keys, one frame's worth broadcast over the memory frames, not tiled
+    per slot nor copied per use; so the file does not grow with the slots."""
+    one, six = (onnx.load(str(export_onnx(memory_attention_spec(test_model, MemorySlots.for_bank(test_model, n)),
+                                          tmp_path / f"memory{n}.onnx"))) for n in (1, 6))
+    for model in (one, six):
+        shapes = [shape for shape, _ in _initializers(model)]
+        assert shapes.count((64, 16)) == 2  # cos, sin
+        assert not any(len(shape) == 2 and shape[0] in (2 * 64, 7 * 64) for shape in shapes)  # no tiled table
+    assert sum(b for _, b in _initializers(one)) == sum(b for _, b in _initializers(six))
+
+
+def test_share_identical_initializers_keeps_one_copy_and_the_results():
+    weight = onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w1")
+    copy = onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w2")
+    other = onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "w3")  # same bytes, not shape
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w1"], ["a"]), helper.make_node("Mul", ["a", "w2"], ["b"]),
+         helper.make_node("MatMul", ["b", "w3"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], initializer=[weight, copy, other])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    assert share_identical_initializers(model) == 1
+    assert [i.name for i in model.graph.initializer] == ["w1", "w3"]
+    assert list(model.graph.node[1].input) == ["a", "w1"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_onnxslim_keeps_onnx_runtime_output_bit_identical(test_model, exported, tmp_path):
+    """The simplified graphs (fewer nodes) give exactly the outputs of the merely folded ones."""
+    for name, spec in (("encoder", encoder_spec(test_model)), ("encoder_sam2", encoder_sam2_spec(test_model)),
+                       ("memory_attention", memory_attention_spec(test_model))):
+        folded = export_onnx(spec, tmp_path / f"{name}-folded.onnx", slim=False)
+        assert len(onnx.load(str(exported[name])).graph.node) < len(onnx.load(str(folded)).graph.node)
+        slimmed, reference = OrtGraph(exported[name]).run(spec.inputs), OrtGraph(folded).run(spec.inputs)
+        for output, value in reference.items():
+            assert torch.equal(slimmed[output], value), (name, output)
 
 
 def test_hiera_t_exports_with_parity(tmp_path):
@@ -161,17 +221,23 @@ def test_export_command_writes_files_and_reports_errors(tmp_path, capsys):
     assert export_cmd.run(args) == 0
     out = capsys.readouterr().out
     # no adapter: what a zero-shot node runs
-    for graph in ("encoder_sam2", "memory_attention"):
-        assert (tmp_path / f"m4sam-test-64-{graph}.onnx").is_file()
-        assert f"{graph}: ONNX Runtime vs PyTorch max abs" in out
+    for graph, name in (("encoder_sam2", "encoder_sam2"), ("memory_attention", "memory_attention-6frames")):
+        assert (tmp_path / f"m4sam-test-64-{name}.onnx").is_file()
+        assert f"{graph}: ONNX Runtime (fp32) vs PyTorch (fp32) max abs" in out
     assert not (tmp_path / "m4sam-test-64-encoder.onnx").exists()
     assert "max abs err" in out and "rel err" in out and "FAILED" not in out
     args = parser.parse_args(["--preset", "test", "--image-size", "64", "--output-dir", str(tmp_path),
                               "--graphs", "encoder", "--parity-frames", "2"])
     assert export_cmd.run(args) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "m4sam-test-64-encoder.onnx").is_file() and "encoder: ONNX Runtime vs PyTorch" in out
+    assert (tmp_path / "m4sam-test-64-encoder.onnx").is_file() and "encoder: ONNX Runtime (fp32) vs PyTorch" in out
     assert set(ENCODER_INPUTS) <= set(out.replace("(", " ").split())
+    args = parser.parse_args(["--preset", "test", "--image-size", "64", "--output-dir", str(tmp_path),
+                              "--graphs", "memory_attention", "--num-memory-frames", "2", "--parity-frames", "3"])
+    assert export_cmd.run(args) == 0
+    model = onnx.load(str(tmp_path / "m4sam-test-64-memory_attention-2frames.onnx"))
+    assert _io(model, model.graph.input)["memory"] == (1, 3 * 16 + 16 * 2, 16)  # 1 + 2 frames of 4x4, 16 pointers
+    assert {p.key: p.value for p in model.metadata_props}["recent_frames"] == "2"
 
 
 def test_default_graphs_follow_the_mode_the_weights_give(tmp_path):

@@ -9,7 +9,7 @@ from catkin_pkg.package import parse_package
 
 from helpers import ROOT
 
-OPTIONAL = {"onnx", "onnxscript", "onnxruntime", "pysodmetrics", "matplotlib", "pyyaml"}
+OPTIONAL = {"onnx", "onnxscript", "onnxslim", "onnxruntime", "pysodmetrics", "matplotlib", "pyyaml"}
 
 
 def _requirements(text: str) -> set[str]:
@@ -23,7 +23,7 @@ def test_setup_cfg_declares_sam2_and_keeps_optional_parts_in_extras():
     assert {"sam2", "torch", "numpy", "opencv-python-headless", "scipy"} <= hard
     assert not hard & OPTIONAL, f"optional dependencies declared as hard: {hard & OPTIONAL}"
     extras = {name: _requirements(text) for name, text in config["options.extras_require"].items()}
-    assert {"onnx", "onnxscript", "onnxruntime"} <= extras["onnx"]
+    assert {"onnx", "onnxscript", "onnxslim", "onnxruntime"} <= extras["onnx"]
     assert {"pysodmetrics", "matplotlib", "pyyaml"} <= extras["learn"]
 
 

@@ -1,7 +1,8 @@
 """The backend table: everything the package knows about a backend, in one row.
 
 A row says which devices the backend runs on, why it cannot run here (from a
-``Platform``), which precisions it runs (best first: the first is what ``auto`` gets), how
+``Platform``), which precisions it runs on a device (best first: the first is what ``auto``
+gets; ONNX Runtime runs int8 on CPU only, and its accuracy policy is ``int8_policy.py``'s), how
 it compiles an exported graph (None: it runs the PyTorch model itself) and what a compiled
 file depends on beyond the weights (part of its cache key: a TensorRT engine is only valid
 for its TensorRT version and GPU). Selection, the factory, the ROS parameters and the
@@ -24,18 +25,19 @@ if TYPE_CHECKING:
     from m4sam_ros.engines.cache import ArtifactCache
     from m4sam_ros.engines.graph_engines import CompiledGraph
     from m4sam_ros.engines.factory import EngineSettings
+    from m4sam_ros.engines.memory_attention import MemorySlots
     from m4sam_ros.engines.selection import Choice
     from m4sam_ros.model.m4sam import M4SAM
 
-# model, graph name, cache, choice, settings, weights hash -> a compiled graph
-Compile = Callable[["M4SAM", str, "ArtifactCache", "Choice", "EngineSettings", str], "CompiledGraph"]
+# model, graph name, cache, choice, settings, weights hash, memory slots -> a compiled graph
+Compile = Callable[["M4SAM", str, "ArtifactCache", "Choice", "EngineSettings", str, "MemorySlots"], "CompiledGraph"]
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
     devices: tuple[str, ...]  # device types it can run on
-    precisions: Callable[[Platform], tuple[str, ...]]  # best first; () = none with this platform
+    precisions: Callable[[Platform, str], tuple[str, ...]]  # (platform, device type) -> best first; () = none
     unavailable: Callable[[Platform, str], str | None]  # (platform, device type) -> why not, or None
     compile: Compile | None = None  # None: the PyTorch model runs as is
     target: Callable[[torch.device], tuple[tuple[str, str], ...]] = lambda device: ()  # cache-key fields
@@ -68,18 +70,28 @@ def _tensorrt_unavailable(platform: Platform, device_type: str) -> str | None:
     return _no_cuda(platform, device_type)
 
 
-def _ort_compile(model, graph, cache, choice, settings, weights):
+def _ort_precisions(platform: Platform, device_type: str) -> tuple[str, ...]:
+    """fp32; on CPU also int8 (dynamic quantisation: ONNX Runtime's integer kernels are CPU ones)."""
+    return ("fp32", "int8") if device_type == "cpu" else ("fp32",)
+
+
+def _ort_compile(model, graph, cache, choice, settings, weights, slots):
     from m4sam_ros.engines.export import cached_onnx
+    from m4sam_ros.engines.quantization import cached_int8_onnx
     from m4sam_ros.engines.onnxruntime_backend import OrtGraph
 
-    return OrtGraph(cached_onnx(model, graph, cache, weights=weights), torch.device(choice.device), settings.threads)
+    if choice.precision == "int8":
+        path = cached_int8_onnx(model, graph, cache, weights, slots)
+    else:
+        path = cached_onnx(model, graph, cache, slots=slots, weights=weights)
+    return OrtGraph(path, torch.device(choice.device), settings.threads)
 
 
-def _tensorrt_compile(model, graph, cache, choice, settings, weights):
+def _tensorrt_compile(model, graph, cache, choice, settings, weights, slots):
     from m4sam_ros.engines.tensorrt_backend import tensorrt_graph
 
     return tensorrt_graph(model, graph, cache, choice.precision, torch.device(choice.device), weights,
-                          settings.workspace_gib)
+                          settings.workspace_gib, slots)
 
 
 def _tensorrt_target(device: torch.device) -> tuple[tuple[str, str], ...]:
@@ -89,14 +101,14 @@ def _tensorrt_target(device: torch.device) -> tuple[tuple[str, str], ...]:
 
 
 BACKENDS: dict[str, Backend] = {
-    "pytorch": Backend("pytorch", ("cuda", "cpu"), lambda platform: TORCH_PRECISIONS, _no_cuda,
+    "pytorch": Backend("pytorch", ("cuda", "cpu"), lambda platform, device_type: TORCH_PRECISIONS, _no_cuda,
                        all_precisions=TORCH_PRECISIONS),
-    "onnxruntime": Backend("onnxruntime", ("cuda", "cpu"), lambda platform: ("fp32",), _ort_unavailable,
-                           compile=_ort_compile, all_precisions=("fp32",)),
+    "onnxruntime": Backend("onnxruntime", ("cuda", "cpu"), _ort_precisions, _ort_unavailable,
+                           compile=_ort_compile, all_precisions=("fp32", "int8")),
     "tensorrt": Backend("tensorrt", ("cuda",),
-                        lambda platform: tensorrt_precisions(platform.tensorrt_version) if platform.tensorrt_version
-                        else (), _tensorrt_unavailable, compile=_tensorrt_compile, target=_tensorrt_target,
-                        all_precisions=("fp16", "fp32")),
+                        lambda platform, device_type: tensorrt_precisions(platform.tensorrt_version)
+                        if platform.tensorrt_version else (), _tensorrt_unavailable, compile=_tensorrt_compile,
+                        target=_tensorrt_target, all_precisions=("fp16", "fp32")),
 }
 # (backend, device type) in the order ``auto`` tries them. On CPU PyTorch comes before ONNX
 # Runtime because it is the reference and needs no export step; ONNX Runtime on CPU runs when asked for.

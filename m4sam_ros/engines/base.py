@@ -16,6 +16,8 @@ from m4sam_ros.model.memory import MemoryView
 
 # every precision the package names; each backend runs the subset its row in backends.py lists
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+INT8_WHERE = ("int8 runs on ONNX Runtime on CPU (dynamic quantisation); TensorRT INT8 needs a calibration data set, "
+              "which this package does not provide")
 
 
 class EngineUnavailable(RuntimeError):
@@ -34,9 +36,8 @@ def check_precision(backend: str, precision: str, supported: tuple[str, ...]) ->
     """Refuse a precision the backend cannot run, naming the ones it can."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8":
-        raise EngineUnavailable(f"{backend}: INT8 needs a calibration data set, which this package does not "
-                                f"provide yet; use precision fp16 (TensorRT) or fp32")
+    if precision == "int8" and "int8" not in supported:
+        raise EngineUnavailable(f"{backend} has no int8: {INT8_WHERE}")
     if precision not in supported:
         raise EngineUnavailable(f"{backend} runs precision {', '.join(supported)}, not {precision}")
     return precision

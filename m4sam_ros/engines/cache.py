@@ -55,8 +55,9 @@ def weights_hash(model: nn.Module) -> str:
 @dataclass(frozen=True)
 class EngineKey:
     """What a compiled graph depends on. ``target`` names what a backend's compiled file is
-    tied to beyond weights, size and precision (TensorRT: its version and the GPU; empty for
-    portable ONNX files); ``signature`` holds the static shapes baked in (batch, memory slots, opset)."""
+    tied to beyond weights, size and precision (TensorRT: its version and the GPU; an int8
+    ONNX: the ONNX Runtime that quantised it; empty for exported ONNX files); ``signature``
+    holds what is baked in (batch, memory slots, opset, fp16's fp32 islands, the quantisation)."""
 
     graph: str
     weights_sha256: str

@@ -19,8 +19,8 @@ import torch
 from m4sam_ros.engines.backends import BACKENDS
 from m4sam_ros.engines.base import EncoderEngine, EngineBuildError, EngineUnavailable, ExportError, MemoryAttentionEngine
 from m4sam_ros.engines.cache import ArtifactCache, weights_hash
-from m4sam_ros.engines.graph_engines import GraphEncoder, GraphMemoryAttention
-from m4sam_ros.engines.graphs import ENCODER, ENCODER_SAM2, MEMORY_ATTENTION, graphs_for
+from m4sam_ros.engines.graph_engines import CompiledGraph, GraphEncoder, GraphMemoryAttention
+from m4sam_ros.engines.graphs import MEMORY_ATTENTION, graphs_for
 from m4sam_ros.engines.memory_attention import MemorySlots
 from m4sam_ros.engines.platform import Platform
 from m4sam_ros.engines.selection import AUTO, Choice, select_backend
@@ -34,26 +34,31 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineSettings:
     """backend: auto | pytorch | onnxruntime | tensorrt; device: auto | cpu | cuda | cuda:N;
-    precision: auto | fp32 | fp16 | bf16 (int8 refused until calibration exists);
+    precision: auto | fp32 | fp16 | bf16 | int8 (ONNX Runtime on CPU, when its accuracy policy allows);
     cache_dir: exported graphs and engines (None = $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros);
     memory_attention: also run memory attention on the chosen backend (False keeps it in PyTorch);
+    num_memory_frames: the tracker's (``TrackerConfig.num_memory_frames``): the memory-attention
+    graph has slots for that many recent frames and costs what they hold (None: SAM2's 6);
     zero_shot: export/build SAM2's own encoder (zero-shot mode: one pass, no adapters) instead
     of the RGB-D one (learned mode);
     workspace_gib: TensorRT builder workspace; threads: ONNX Runtime intra-op threads (0 = default);
     cuda_graphs: the PyTorch backend on CUDA replays the encoder and memory attention as CUDA
     graphs (elsewhere a warning, and eager calls); compile: the PyTorch backend runs them
-    through torch.compile (the first frame pays the compile time)."""
+    through torch.compile (the first frame pays the compile time);
+    unvalidated_int8: run int8 even where its accuracy policy withholds it (for measuring that policy)."""
 
     backend: str = AUTO
     device: str = AUTO
     precision: str = AUTO
     cache_dir: str | None = None
     memory_attention: bool = True
+    num_memory_frames: int | None = None
     zero_shot: bool = False
     workspace_gib: float = 4.0
     threads: int = 0
     cuda_graphs: bool = False
     compile: bool = False
+    unvalidated_int8: bool = False
 
     def __post_init__(self) -> None:
         if not self.workspace_gib > 0:
@@ -76,30 +81,51 @@ class Engines:
 def _create(model: M4SAM, choice: Choice, settings: EngineSettings) -> Engines:
     backend = BACKENDS[choice.backend]
     if backend.compile is None:
-        cuda_graphs = settings.cuda_graphs
-        if cuda_graphs and (reason := cuda_graphs_unavailable(torch.device(choice.device))):
-            log.warning("cuda_graphs: %s", reason)  # once, not once per engine
-            cuda_graphs = False
-        options = {"cuda_graphs": cuda_graphs, "compile": settings.compile}
+        options = _torch_options(choice, settings)
         return Engines(TorchEncoder(model, choice.device, choice.precision, **options),
-                       TorchMemoryAttention(model, choice.device, choice.precision, **options), choice)
+                       memory_attention_engine(model, choice, settings, torch_options=options), choice)
     if settings.cuda_graphs or settings.compile:
         log.info("cuda_graphs / compile are options of the PyTorch backend; %s compiles its own graphs",
                  choice.backend)
-    device = torch.device(choice.device)
-    model.to(device).eval()  # the memory is packed, and the light stages run, next to the graphs
-    cache = ArtifactCache(settings.cache_dir)
+    model.to(torch.device(choice.device)).eval()  # the memory is packed, and the light stages run, next to the graphs
     weights = weights_hash(model)
-    graphs = graphs_for(model, settings.zero_shot, settings.memory_attention)
-    compiled = {g: backend.compile(model, g, cache, choice, settings, weights) for g in graphs}
-    encoder = GraphEncoder({g: compiled[g] for g in (ENCODER, ENCODER_SAM2) if g in compiled},
+    encoders = graphs_for(model, settings.zero_shot, memory_attention=False)
+    encoder = GraphEncoder({g: _compile(model, g, choice, settings, weights) for g in encoders},
                            choice.backend, choice.precision)
-    if MEMORY_ATTENTION in compiled:
-        memory = GraphMemoryAttention(compiled[MEMORY_ATTENTION], model, MemorySlots.for_model(model),
-                                      choice.backend, choice.precision)
-    else:
-        memory = TorchMemoryAttention(model, device, "fp32")
-    return Engines(encoder, memory, choice)
+    return Engines(encoder, memory_attention_engine(model, choice, settings, weights), choice)
+
+
+def _compile(model: M4SAM, graph: str, choice: Choice, settings: EngineSettings, weights: str) -> CompiledGraph:
+    slots = MemorySlots.for_bank(model, settings.num_memory_frames)
+    return BACKENDS[choice.backend].compile(model, graph, ArtifactCache(settings.cache_dir), choice, settings,
+                                            weights, slots)
+
+
+def _torch_options(choice: Choice, settings: EngineSettings) -> dict:
+    """The PyTorch engines' cuda_graphs / compile options, CUDA graphs refused (with a warning) off CUDA."""
+    cuda_graphs = settings.cuda_graphs
+    if cuda_graphs and (reason := cuda_graphs_unavailable(torch.device(choice.device))):
+        log.warning("cuda_graphs: %s", reason)
+        cuda_graphs = False
+    return {"cuda_graphs": cuda_graphs, "compile": settings.compile}
+
+
+def memory_attention_engine(model: M4SAM, choice: Choice, settings: EngineSettings, weights: str | None = None,
+                            torch_options: dict | None = None) -> MemoryAttentionEngine:
+    """The memory attention on ``choice`` for a bank of ``settings.num_memory_frames``: the exported
+    graph where the backend compiles one and the mode uses it, else SAM2's own in PyTorch
+    (``torch_options``: the PyTorch engines' options, if already resolved).
+    The benchmark pairs one encoder with several of these to measure cost against bank size."""
+    device = torch.device(choice.device)
+    backend = BACKENDS[choice.backend]
+    if backend.compile is None:
+        options = torch_options if torch_options is not None else _torch_options(choice, settings)
+        return TorchMemoryAttention(model, device, choice.precision, **options)
+    if MEMORY_ATTENTION not in graphs_for(model, settings.zero_shot, settings.memory_attention):
+        return TorchMemoryAttention(model, device, "fp32")
+    graph = _compile(model, MEMORY_ATTENTION, choice, settings, weights or weights_hash(model))
+    return GraphMemoryAttention(graph, model, MemorySlots.for_bank(model, settings.num_memory_frames),
+                                choice.backend, choice.precision)
 
 
 def create_engines(model: M4SAM, settings: EngineSettings = EngineSettings(),
@@ -110,7 +136,8 @@ def create_engines(model: M4SAM, settings: EngineSettings = EngineSettings(),
     its libraries are missing, or its graph fails to export or build) is logged and the next
     one is tried; an explicit backend that cannot run raises the error with the reason.
     """
-    selection = select_backend(settings.backend, settings.device, settings.precision, platform)
+    selection = select_backend(settings.backend, settings.device, settings.precision, platform,
+                               settings.unvalidated_int8)
     for choice in selection.candidates:
         try:
             engines = _create(model, choice, settings)

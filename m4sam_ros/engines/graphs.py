@@ -62,6 +62,7 @@ class GraphSpec:
     inputs: dict[str, torch.Tensor]
     outputs: tuple[str, ...]
     signature: dict = field(default_factory=dict)  # static-shape facts baked into the graph
+    precision: str = "fp32"  # compute precision inside the graph (its I/O is float32 whatever it is)
 
     def run(self) -> dict[str, torch.Tensor]:
         """The PyTorch reference outputs on ``inputs``."""
@@ -129,7 +130,7 @@ def example_memory_inputs(model: M4SAM, slots: MemorySlots, batch: int = 1, gene
 
 def memory_attention_spec(model: M4SAM, slots: MemorySlots | None = None, batch: int = 1,
                           generator: torch.Generator | None = None) -> GraphSpec:
-    slots = slots or MemorySlots.for_model(model)
+    slots = slots or MemorySlots.for_bank(model)
     module = StaticMemoryAttention(model, slots, feature_size(model)).eval()
     return GraphSpec(name=MEMORY_ATTENTION, module=module, inputs=example_memory_inputs(model, slots, batch, generator),
                      outputs=MEMORY_OUTPUTS,
@@ -138,11 +139,20 @@ def memory_attention_spec(model: M4SAM, slots: MemorySlots | None = None, batch:
 
 
 def graph_spec(name: str, model: M4SAM, batch: int = 1, slots: MemorySlots | None = None,
-               generator: torch.Generator | None = None) -> GraphSpec:
+               generator: torch.Generator | None = None, precision: str = "fp32") -> GraphSpec:
+    """The spec of graph ``name``; precision fp32 or fp16 (``fp16.py``: for strongly typed TensorRT)."""
     if name == ENCODER:
-        return encoder_spec(model, batch, generator)
-    if name == ENCODER_SAM2:
-        return encoder_sam2_spec(model, batch, generator)
-    if name == MEMORY_ATTENTION:
-        return memory_attention_spec(model, slots, batch, generator)
-    raise ValueError(f"unknown graph {name!r}; choose one of {GRAPHS}")
+        spec = encoder_spec(model, batch, generator)
+    elif name == ENCODER_SAM2:
+        spec = encoder_sam2_spec(model, batch, generator)
+    elif name == MEMORY_ATTENTION:
+        spec = memory_attention_spec(model, slots, batch, generator)
+    else:
+        raise ValueError(f"unknown graph {name!r}; choose one of {GRAPHS}")
+    if precision == "fp16":
+        from m4sam_ros.engines.fp16 import fp16_spec
+
+        return fp16_spec(spec)
+    if precision != "fp32":
+        raise ValueError(f"graphs are exported in fp32 or fp16, not {precision!r}")
+    return spec

@@ -25,7 +25,7 @@ from sam2.modeling.sam2_utils import get_1d_sine_pe
 from sam2.modeling.sam.transformer import RoPEAttention
 from torch import nn
 
-from m4sam_ros.engines.rope import repeat_tables, rope_tables, rotate
+from m4sam_ros.engines.rope import rope_tables, rotate
 from m4sam_ros.model.memory import MemoryView
 
 # Added to the logits of empty slots; exp(-1e4) is exactly 0 in float32 and float16, and
@@ -38,7 +38,7 @@ class MemorySlots:
     """Fixed capacity of the exported memory bank.
 
     conditioning_frames: conditioning frames attended to (the tracker keeps one).
-    recent_frames: non-conditioning spatial memories (SAM2: num_maskmem - 1).
+    recent_frames: non-conditioning spatial memories (the bank's num_memory_frames; SAM2: num_maskmem - 1).
     object_pointers: pointer slots (SAM2: conditioning frames + max_obj_ptrs_in_encoder - 1).
     """
 
@@ -52,10 +52,15 @@ class MemorySlots:
                              f"object_pointers >= 1, got {self}")
 
     @classmethod
-    def for_model(cls, model: SAM2Base, conditioning_frames: int = 1) -> "MemorySlots":
-        """Room for everything SAM2 could attend to with this many conditioning frames."""
-        return cls(conditioning_frames=conditioning_frames, recent_frames=model.num_maskmem - 1,
-                   object_pointers=conditioning_frames + model.max_obj_ptrs_in_encoder - 1)
+    def for_bank(cls, model: SAM2Base, num_memory_frames: int | None = None) -> "MemorySlots":
+        """Room for what the tracker's ``MemoryBank`` holds: its conditioning frame, ``num_memory_frames``
+        recent spatial memories (None: as many as SAM2 has temporal encodings for) and the object
+        pointers it keeps whatever that number. Memory attention costs what its slots hold, so a
+        bank of fewer frames gets a graph of fewer slots."""
+        frames = model.num_maskmem - 1 if num_memory_frames is None else num_memory_frames
+        if not 1 <= frames <= model.num_maskmem - 1:
+            raise ValueError(f"num_memory_frames must be in [1, {model.num_maskmem - 1}], got {frames}")
+        return cls(conditioning_frames=1, recent_frames=frames, object_pointers=model.max_obj_ptrs_in_encoder)
 
     @property
     def spatial_frames(self) -> int:
@@ -159,6 +164,10 @@ def pack_memory(model: SAM2Base, memory: MemoryView, slots: MemorySlots, feat_si
     _check_streaming(model, memory, slots)
     spatial = _spatial_memories(model, memory)
     pointers = _object_pointers(model, memory, batch)
+    if len(spatial) > slots.spatial_frames:
+        raise ValueError(f"the memory bank holds {len(spatial)} spatial memories but the exported graph has slots for "
+                         f"{slots.spatial_frames} ({slots.recent_frames} recent frames); create the engines with "
+                         f"num_memory_frames = the tracker's")
     hw = feat_size[0] * feat_size[1]
     spatial_tokens, pointer_tokens = memory_tokens(model, slots, feat_size)
     device = model.maskmem_tpos_enc.device
@@ -209,25 +218,25 @@ class StaticMemoryAttention(nn.Module):
             if layer.pos_enc_at_cross_attn_queries or not layer.pos_enc_at_cross_attn_keys:
                 raise ValueError("StaticMemoryAttention follows SAM2's configs: position encoding on the "
                                  "cross-attention keys, not on its queries")
-        # SAM2's own angle table (complex) at this feature size, turned into real cos/sin once;
-        # compute_cis builds it on the CPU, so it goes where the weights are (SAM2's RoPEAttention
+        # SAM2's own angle tables (complex) at this feature size, turned into real cos/sin once;
+        # one frame's worth for the keys too (``rotate`` repeats it over the memory frames).
+        # compute_cis builds them on the CPU, so they go where the weights are (SAM2's RoPEAttention
         # moves its table to q.device in every forward; this module is never moved by its callers)
         device = self.attention.norm.weight.device
-        cos, sin = (t.to(device) for t in rope_tables(first.self_attn.compute_cis(end_x=width, end_y=height)))
-        key_cos, key_sin = rope_tables(first.cross_attn_image.compute_cis(end_x=width, end_y=height))
-        key_cos, key_sin = repeat_tables(key_cos.to(device), key_sin.to(device), slots.spatial_frames)
-        self.register_buffer("query_cos", cos, persistent=False)  # (HW, D/2)
-        self.register_buffer("query_sin", sin, persistent=False)
-        self.register_buffer("key_cos", key_cos, persistent=False)  # (M*HW, D/2)
-        self.register_buffer("key_sin", key_sin, persistent=False)
+        query = rope_tables(first.self_attn.compute_cis(end_x=width, end_y=height))
+        key = rope_tables(first.cross_attn_image.compute_cis(end_x=width, end_y=height))
+        for name, table in zip(("query_cos", "query_sin", "key_cos", "key_sin"), query + key):
+            self.register_buffer(name, table.to(device), persistent=False)  # (HW, D/2)
 
     def _attend(self, attn: RoPEAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                key_tables: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+                key_tables: tuple[torch.Tensor, torch.Tensor], rope_keys: int,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        """One RoPE attention; the first ``rope_keys`` keys are rotated (spatial memory), the
+        rest (object pointers) are not."""
         heads = attn.num_heads
         q = rotate(_heads(attn.q_proj(q), heads), self.query_cos, self.query_sin)  # (B, h, HW, d)
         k = _heads(attn.k_proj(k), heads)  # (B, h, N, d)
         v = _heads(attn.v_proj(v), heads)
-        rope_keys = key_tables[0].shape[0]
         if rope_keys == k.shape[-2]:
             k = rotate(k, *key_tables)
         else:  # object-pointer tokens carry no spatial position: SAM2 leaves them unrotated
@@ -249,9 +258,10 @@ class StaticMemoryAttention(nn.Module):
         for layer in self.attention.layers:
             y = layer.norm1(x)
             qk = y + query_pos if layer.pos_enc_at_attn else y
-            x = x + self._attend(layer.self_attn, qk, qk, y, (self.query_cos, self.query_sin), None)
+            x = x + self._attend(layer.self_attn, qk, qk, y, (self.query_cos, self.query_sin), h * w, None)
             y = layer.norm2(x)
-            x = x + self._attend(layer.cross_attn_image, y, keys, memory, (self.key_cos, self.key_sin), bias)
+            x = x + self._attend(layer.cross_attn_image, y, keys, memory, (self.key_cos, self.key_sin),
+                                  self.num_rope_keys, bias)
             y = layer.norm3(x)
             x = x + layer.linear2(layer.activation(layer.linear1(y)))
         x = self.attention.norm(x)

@@ -4,6 +4,10 @@ SAM2's ``apply_rotary_enc`` multiplies complex numbers (``view_as_complex``), wh
 cannot express. Rotating each channel pair (x0, x1) by angle a is the same thing in
 real arithmetic: (x0 cos a - x1 sin a, x0 sin a + x1 cos a). The cos/sin tables come from
 SAM2's own complex table (real and imaginary parts) so both sides use the same angles.
+
+Keys of M memory frames repeat one frame's angles (SAM2's ``repeat_freqs_k``); ``rotate``
+broadcasts the one-frame table over the frames instead of tiling it, so an exported graph
+holds each table once (one frame's worth), whatever the number of memory slots.
 """
 from __future__ import annotations
 
@@ -18,23 +22,16 @@ def rope_tables(freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return freqs_cis.real.float().contiguous(), freqs_cis.imag.float().contiguous()
 
 
-def repeat_tables(cos: torch.Tensor, sin: torch.Tensor, repeats: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tile the tables over ``repeats`` memory frames: (N, D/2) -> (repeats*N, D/2).
-
-    Uses expand + reshape: ``repeat_interleave`` exports as a Tile pattern TensorRT rejects.
-    """
-    n, half = cos.shape
-    return (cos.unsqueeze(0).expand(repeats, n, half).reshape(repeats * n, half),
-            sin.unsqueeze(0).expand(repeats, n, half).reshape(repeats * n, half))
-
-
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of x (..., N, D) by the angles of (N, D/2) tables; computed in float32
-    like SAM2 (``xq.float()``), returned in x's dtype."""
-    if x.shape[-2:] != (cos.shape[0], 2 * cos.shape[1]):
-        raise ValueError(f"RoPE table ({cos.shape[0]}, {cos.shape[1]}) does not fit x of shape {tuple(x.shape)}; "
-                         f"expected x (..., {cos.shape[0]}, {2 * cos.shape[1]})")
-    pairs = x.float().reshape(*x.shape[:-1], cos.shape[1], 2)  # (..., N, D/2, 2)
+    """Rotate channel pairs of x (..., R*N, D) by the angles of (N, D/2) tables, the same
+    angles for each of the R consecutive groups of N tokens (R memory frames; R = 1 for
+    queries). Computed in float32 like SAM2 (``xq.float()``), returned in x's dtype."""
+    n, half = cos.shape
+    tokens = x.shape[-2]
+    if x.shape[-1] != 2 * half or tokens % n:
+        raise ValueError(f"RoPE table ({n}, {half}) does not fit x of shape {tuple(x.shape)}; expected x "
+                         f"(..., R*{n}, {2 * half})")
+    pairs = x.float().reshape(*x.shape[:-2], tokens // n, n, half, 2)  # (..., R, N, D/2, 2)
     x0, x1 = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (..., N, D/2, 2)
-    return rotated.flatten(-2).to(x.dtype)
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (..., R, N, D/2, 2)
+    return rotated.reshape(x.shape).to(x.dtype)

@@ -10,8 +10,10 @@ import re
 from dataclasses import dataclass, field
 
 from m4sam_ros.engines.backends import AUTO_ORDER, BACKEND_NAMES, BACKENDS, explicit_order
-from m4sam_ros.engines.base import PRECISIONS, EngineUnavailable
+from m4sam_ros.engines.base import INT8_WHERE, PRECISIONS, EngineUnavailable
+from m4sam_ros.engines.int8_policy import int8_refusal
 from m4sam_ros.engines.platform import Platform
+from m4sam_ros.engines.tensorrt_backend import too_old
 
 AUTO = "auto"
 
@@ -50,40 +52,44 @@ def _check_request(backend: str, device: str, precision: str) -> None:
         raise ValueError(f"engine precision must be {AUTO!r} or one of {PRECISIONS}, got {precision!r}")
 
 
-def _why_not(name: str, device_type: str, precision: str, platform: Platform) -> tuple[str | None, tuple[str, ...]]:
+def _why_not(name: str, device_type: str, precision: str, platform: Platform,
+             unvalidated_int8: bool) -> tuple[str | None, tuple[str, ...]]:
     """(why this candidate cannot run the request, or None; the precisions it runs here)."""
     backend = BACKENDS[name]
     reason = backend.unavailable(platform, device_type)
-    supported = backend.precisions(platform)
+    supported = backend.precisions(platform, device_type)
     version = f" {platform.tensorrt_version}" if name == "tensorrt" else ""
     if reason is None and not supported:
-        reason = f"TensorRT{version} is too old (8.6 or newer parses the opset-17 graphs)"
+        reason = too_old(platform.tensorrt_version)
     elif reason is None and precision != AUTO and precision not in supported:
         reason = f"{name}{version} runs {'/'.join(supported)}, not {precision}"
+        reason += f" ({INT8_WHERE})" if precision == "int8" else ""
+    elif reason is None and precision == "int8" and not unvalidated_int8:
+        reason = int8_refusal()
     return reason, supported
 
 
 def select_backend(backend: str = AUTO, device: str = AUTO, precision: str = AUTO,
-                   platform: Platform | None = None) -> Selection:
+                   platform: Platform | None = None, unvalidated_int8: bool = False) -> Selection:
     """Candidates for (backend, device, precision), each possibly ``auto``.
 
     An explicit backend that cannot run here raises ``EngineUnavailable`` with the reason
     (a user who asked for TensorRT must not silently get something else); ``auto`` skips
-    what cannot run and records why (``Selection.explain``; the factory logs it).
+    what cannot run and records why (``Selection.explain``; the factory logs it). An explicit
+    precision under ``auto`` may also land on what only runs when asked for (int8: ONNX
+    Runtime on CPU). int8 follows its accuracy policy (``int8_policy.py``) unless ``unvalidated_int8``
+    (measuring that policy).
     """
     _check_request(backend, device, precision)
     platform = platform or Platform.probe()
-    if precision == "int8":
-        raise EngineUnavailable("INT8 needs a calibration data set, which this package does not provide yet; "
-                                "use precision fp16 (TensorRT) or fp32")
     device_type = device.split(":")[0]
-    order = [(b, d) for b, d in (AUTO_ORDER if backend == AUTO else explicit_order())
-             if (backend == AUTO or b == backend) and (device == AUTO or d == device_type)]
+    pool = explicit_order() if backend != AUTO or precision != AUTO else AUTO_ORDER
+    order = [(b, d) for b, d in pool if (backend == AUTO or b == backend) and (device == AUTO or d == device_type)]
     if not order:  # tensorrt on cpu: let the table say why
         order = [(backend, device_type)]
     selection = Selection(candidates=[])
     for b, d in order:
-        reason, supported = _why_not(b, d, precision, platform)
+        reason, supported = _why_not(b, d, precision, platform, unvalidated_int8)
         if reason is not None:
             selection.skipped.append(f"{b} on {d}: {reason}")
             continue

@@ -1,11 +1,24 @@
 """TensorRT: build engines from the exported ONNX, run them on torch's CUDA stream.
 
-Precision: FP16 by default (FP32 on request). LayerNorm is pinned to FP32 inside FP16
-engines: its variance (mean of squares) overflows FP16's 65504 on large activations and
-TensorRT warns about exactly that; opset 17's ``LayerNormalization`` becomes one
-normalisation layer whose precision can be constrained (TensorRT >= 8.6). TensorRT 8.6 to
-10.x are supported; TensorRT 11 removed the FP16 builder flag (weak typing), so there it
-builds FP32 only. INT8 needs a calibration set and is refused until one exists.
+Precision: FP16 by default (FP32 on request). How FP16 is built depends on the version:
+
+- TensorRT >= 10: a strongly typed network from the FP16 ONNX (``fp16.py``: weights and
+  activations fp16, LayerNorm, softmax and the MoE routers in fp32, decided at export and
+  checked on a CPU against fp32). TensorRT 11 builds nothing else: it removed the FP16
+  builder flag; weak typing is deprecated since 10.12.
+- TensorRT 8.6 - 9.x: a weakly typed network from the FP32 ONNX with the FP16 builder flag,
+  LayerNorm pinned to FP32 (its variance overflows FP16's 65504 on large activations; opset
+  17's ``LayerNormalization`` becomes one normalisation layer whose precision can be
+  constrained).
+- Before 8.6: refused. TensorRT 8.5's ONNX parser has no LayerNormalization. That is the
+  TensorRT of JetPack 5, so on a Jetson the minimum is JetPack 6 (TensorRT 10.3, Python 3.10).
+  A graph 8.5 parses (LayerNorm decomposed) would not bring JetPack 5 back: its TensorRT
+  bindings are for its Python 3.8, which cannot run this package (3.10+), and a decomposed
+  LayerNorm's mean of squares is no longer one layer to keep in FP32. JetPack 6's bindings
+  (python3-libnvinfer) are built for its system Python 3.10: a Jetson runs the node with that
+  Python (ROS 2 Humble from apt), not from the repository's Python 3.11 venv.
+
+INT8 needs a calibration set and is refused until one exists.
 
 Builds report progress through TensorRT's ``IProgressMonitor`` (TensorRT >= 10) and fall
 back to a spinner with elapsed time, and they reuse a timing cache, so a second build on
@@ -26,6 +39,7 @@ from m4sam_ros.engines.cache import ArtifactCache, EngineKey, write_atomic
 from m4sam_ros.engines.progress import stage
 
 if TYPE_CHECKING:
+    from m4sam_ros.engines.memory_attention import MemorySlots
     from m4sam_ros.model.m4sam import M4SAM
 
 log = logging.getLogger(__name__)
@@ -33,14 +47,27 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKSPACE_GIB = 4.0
 
 
+JETSON_RELEASE = Path("/etc/nv_tegra_release")  # present on every JetPack install
+MINIMUM = (8, 6)
+
+
+def missing_tensorrt_hint(jetson: bool, python: tuple[int, int]) -> str:
+    """How to get TensorRT importable here (pure, testable off a Jetson)."""
+    if not jetson:
+        return ("TensorRT is not installed: pip install tensorrt (x86-64 with CUDA 12); or use "
+                "engine.backend=onnxruntime or pytorch")
+    return (f"TensorRT is not importable from this Python {python[0]}.{python[1]}: on a Jetson it comes with "
+            "JetPack 6 (python3-libnvinfer, TensorRT 10.3), built for the system Python 3.10; run the node with "
+            "that Python (ROS 2 Humble from apt), or from a venv made with `python3.10 -m venv "
+            "--system-site-packages`, not from the repository's Python 3.11 .venv; or use engine.backend=pytorch")
+
+
 def import_tensorrt():
     """The tensorrt module, or EngineUnavailable saying how to get it."""
     try:
         import tensorrt
     except ImportError as error:
-        raise EngineUnavailable("TensorRT is not installed: pip install tensorrt (x86-64 with CUDA 12), or on "
-                                "Jetson use JetPack's python3-libnvinfer; or use engine.backend=onnxruntime "
-                                "or pytorch") from error
+        raise EngineUnavailable(missing_tensorrt_hint(JETSON_RELEASE.exists(), sys.version_info[:2])) from error
     return tensorrt
 
 
@@ -54,26 +81,37 @@ def tensorrt_version() -> str:
     return import_tensorrt().__version__
 
 
-def supported_precisions(version: str) -> tuple[str, ...]:
-    """What this package builds with TensorRT ``version`` (pure, testable without TensorRT).
-
-    8.6 - 10.x: fp16 (builder flag, LayerNorm pinned to FP32) and fp32. 11+ removed weakly
-    typed builds (BuilderFlag.FP16): fp32 only until an FP16 ONNX path exists. Before 8.6
-    opset 17's LayerNormalization does not parse: nothing.
-    """
+def _major_minor(version: str) -> tuple[int, int]:
     major, minor = (int(part) for part in version.split(".")[:2])
-    if (major, minor) < (8, 6):
-        return ()
-    return ("fp16", "fp32") if major < 11 else ("fp32",)
+    return major, minor
+
+
+def supported_precisions(version: str) -> tuple[str, ...]:
+    """What this package builds with TensorRT ``version`` (pure, testable without TensorRT):
+    fp16 and fp32 from 8.6 on (strongly typed from 10), nothing before 8.6 (no LayerNormalization
+    in its ONNX parser)."""
+    return ("fp16", "fp32") if _major_minor(version) >= MINIMUM else ()
+
+
+def strongly_typed(version: str) -> bool:
+    """TensorRT >= 10 builds strongly typed networks (FP16 from the FP16 ONNX); 11 builds nothing else."""
+    return _major_minor(version)[0] >= 10
+
+
+def onnx_precision(version: str, precision: str) -> str:
+    """The precision of the ONNX an engine of ``precision`` is built from with TensorRT ``version``."""
+    return "fp16" if precision == "fp16" and strongly_typed(version) else "fp32"
+
+
+def too_old(version: str) -> str:
+    return (f"TensorRT {version} is too old: its ONNX parser lacks LayerNormalization (opset 17), which 8.6 and "
+            "newer parse; on a Jetson that means JetPack 6 (TensorRT 10.3), not JetPack 5 (TensorRT 8.5)")
 
 
 def check_tensorrt_precision(version: str, precision: str) -> str:
     supported = supported_precisions(version)
     if not supported:
-        raise EngineUnavailable(f"TensorRT {version} is too old: 8.6 or newer parses the exported opset-17 graphs")
-    if precision == "fp16" and "fp16" not in supported:
-        raise EngineUnavailable(f"TensorRT {version} removed weakly typed FP16 builds; use precision fp32 with it, "
-                                "or TensorRT 10 (pip install 'tensorrt<11') for FP16")
+        raise EngineUnavailable(too_old(version))
     return check_precision("tensorrt", precision, supported)
 
 
@@ -141,18 +179,32 @@ def _pin_normalization_fp32(trt, network) -> int:
     return pinned
 
 
+def _check_onnx_precision(onnx_path: Path, wanted: str, version: str) -> None:
+    """A strongly typed build runs the types the ONNX has: refuse one of the wrong precision
+    rather than build an engine whose name says fp16 and whose kernels are fp32."""
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    found = metadata.get("precision", "fp32")
+    if found != wanted:
+        raise EngineBuildError(f"{onnx_path.name} is a {found} graph; TensorRT {version} builds this engine from "
+                               f"the {wanted} one (m4sam export --precision {wanted})")
+
+
 def build_engine(onnx_path: Path | str, precision: str = "fp16", timing_cache: Path | None = None,
                  workspace_gib: float = DEFAULT_WORKSPACE_GIB) -> bytes:
-    """ONNX -> serialized TensorRT engine (static shapes, as exported)."""
+    """ONNX -> serialized TensorRT engine (static shapes, as exported). From TensorRT 10 on the
+    network is strongly typed, so an fp16 engine needs the fp16 ONNX (``onnx_precision``)."""
     trt = import_tensorrt()
     require_cuda()
     precision = check_tensorrt_precision(trt.__version__, precision)
     onnx_path = Path(onnx_path)
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    strong = strongly_typed(trt.__version__)
+    _check_onnx_precision(onnx_path, onnx_precision(trt.__version__, precision), trt.__version__)
+    flags = trt.NetworkDefinitionCreationFlag
+    network = builder.create_network(1 << int(flags.STRONGLY_TYPED if strong else flags.EXPLICIT_BATCH))
     parser = trt.OnnxParser(network, logger)
     with stage(f"TensorRT: parsing {onnx_path.name}"):
         parsed = parser.parse_from_file(str(onnx_path))
@@ -161,7 +213,7 @@ def build_engine(onnx_path: Path | str, precision: str = "fp16", timing_cache: P
         raise EngineBuildError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
+    if precision == "fp16" and not strong:  # strongly typed: the types are the ONNX's
         config.set_flag(trt.BuilderFlag.FP16)
         if _pin_normalization_fp32(trt, network):
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
@@ -235,30 +287,34 @@ class TrtGraph:
 
 
 def cached_engine(model: "M4SAM", graph: str, cache: ArtifactCache, precision: str, device: torch.device,
-                  weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB, rebuild: bool = False) -> Path:
-    """The engine file for ``graph`` from the cache, or exported + built + cached on a miss
-    (or when ``rebuild``)."""
+                  weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB, slots: "MemorySlots | None" = None,
+                  rebuild: bool = False) -> Path:
+    """The engine file for ``graph`` (memory attention: with ``slots``, default the full bank)
+    from the cache, or exported + built + cached on a miss (or when ``rebuild``)."""
     from m4sam_ros.engines.export import cached_onnx, onnx_key
     from m4sam_ros.engines.graphs import graph_spec
 
     target = engine_target(device)
+    source = onnx_precision(dict(target)["tensorrt_version"], precision)
+    signature = onnx_key(model, graph_spec(graph, model, slots=slots, precision=source), weights).signature
     key = EngineKey(graph=graph, weights_sha256=weights, image_size=model.config.image_size, precision=precision,
-                    target=target, signature=onnx_key(model, graph_spec(graph, model), weights).signature)
+                    target=target, signature=signature)
     path = None if rebuild else cache.lookup(key, ".engine")
     if path is not None:
         return path
-    onnx_path = cached_onnx(model, graph, cache, weights=weights)
+    onnx_path = cached_onnx(model, graph, cache, slots=slots, weights=weights, precision=source)
     data = build_engine(onnx_path, precision, cache.timing_cache_path(target), workspace_gib)
     return cache.store(key, ".engine", data=data)
 
 
 def tensorrt_graph(model: "M4SAM", graph: str, cache: ArtifactCache, precision: str, device: torch.device,
-                   weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB) -> "TrtGraph":
+                   weights: str, workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+                   slots: "MemorySlots | None" = None) -> "TrtGraph":
     """The cached (or built) engine of ``graph``, loaded; cached bytes TensorRT will not load are rebuilt once."""
-    path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib)
+    path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib, slots)
     try:
         return TrtGraph(path.read_bytes(), device)
     except EngineBuildError as error:
         log.warning("%s; rebuilding %s", error, path)
-        path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib, rebuild=True)
+        path = cached_engine(model, graph, cache, precision, device, weights, workspace_gib, slots, rebuild=True)
         return TrtGraph(path.read_bytes(), device)

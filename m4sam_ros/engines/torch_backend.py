@@ -153,7 +153,7 @@ class TorchMemoryAttention(_TorchEngine, MemoryAttentionEngine):
         self.precision = check_precision(self.backend, precision, TORCH_PRECISIONS)
         self.model = model.eval()
         self.device = _device_of(model, device)
-        self.slots = MemorySlots.for_model(model)
+        self.slots = MemorySlots.for_bank(model)
         self.feat_size = (model.config.image_size // 16, model.config.image_size // 16)
         attention = StaticMemoryAttention(model, self.slots, self.feat_size).eval() if cuda_graphs or compile else None
         self.static = _static_calls({"memory_attention": lambda *packed: (attention(*packed).float(),)},

@@ -30,13 +30,16 @@ from m4sam_ros.learn.camera_file import video_intrinsics
 from m4sam_ros.learn.datasets import LAYOUTS, DatasetError, VideoRecord, load_frame, open_dataset
 from m4sam_ros.learn.metrics import METRIC_KEYS, SaliencyScorer, score_frames
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
-from m4sam_ros.devices import resolve_device
 from m4sam_ros.model.checkpoint import CheckpointError
 from m4sam_ros.model.config import PRESETS
 from m4sam_ros.depth import depth_to_metres, fit_depth, normalize_depth
 from m4sam_ros.initialisation import choose_initial_mask
 from m4sam_ros.prior import saliency_prior
-from m4sam_ros.tracker import MODES, SaliencyTracker, TrackerConfig
+from m4sam_ros.engines.backends import BACKEND_NAMES
+from m4sam_ros.engines.base import PRECISIONS, EngineUnavailable
+from m4sam_ros.engines.factory import EngineSettings, create_engines
+from m4sam_ros.model.builder import load_m4sam
+from m4sam_ros.tracker import MODES, SaliencyTracker, TrackerConfig, resolve_mode
 
 __all__ = ["EvalConfig", "evaluate_videos", "evaluate_model", "write_report", "score_frames", "add_arguments", "run"]
 
@@ -66,7 +69,14 @@ class EvalConfig:
     num_memory_frames: int = field(default=6, metadata={"help": "recent frames in the memory bank"})
     fps: float = field(default=30.0, metadata={"help": "frame rate used for the stamps streamed to the tracker"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)"})
+    backend: str = field(default="pytorch", metadata={
+        "help": "engine of the encoder and memory attention (the node's engine.backend; pytorch: the reference)",
+        "choices": ["auto", *BACKEND_NAMES]})
+    precision: str = field(default="auto", metadata={
+        "help": "engine precision; int8 (ONNX Runtime, CPU) runs here even where the node withholds it: this is what "
+                "measures it", "choices": ["auto", *PRECISIONS]})
+    cache_dir: str | None = field(default=None, metadata={"help": "exported graphs and engines (default: the node's)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch and ONNX Runtime (0 = their default)"})
     out_dir: str = field(default="runs/eval", metadata={"help": "folder for metrics.json, metrics.md, strip.png"})
     strip_frames: int = field(default=4, metadata={"help": "frames shown in strip.png"})
     first_mask: bool = field(default=False, metadata={
@@ -247,6 +257,22 @@ def evaluate_model(model, videos: Sequence[VideoRecord], out_dir: Path, device: 
     return write_report(metrics, samples, out_dir, title, settings)
 
 
+def engine_tracker(config: EvalConfig) -> tuple[SaliencyTracker, str]:
+    """The tracker ``config`` describes, on its engine (``--backend``/``--precision``) as the node
+    builds it, and the engine's description."""
+    model = load_m4sam(config.preset, config.image_size, sam2_checkpoint=config.sam2_checkpoint,
+                       adapter=config.adapter, seed=config.seed)
+    tracker_config = TrackerConfig(image_size=model.config.image_size, num_memory_frames=config.num_memory_frames,
+                                   mode=config.mode)
+    engines = create_engines(model, EngineSettings(
+        backend=config.backend, device=config.device, precision=config.precision, cache_dir=config.cache_dir,
+        num_memory_frames=config.num_memory_frames, zero_shot=resolve_mode(config.mode, model) == "zero_shot",
+        threads=config.threads, unvalidated_int8=True))
+    tracker = SaliencyTracker(model, tracker_config, engines.device, encoder=engines.encoder,
+                              memory_attention=engines.memory_attention)
+    return tracker, engines.encoder.describe()
+
+
 def _report_initial_masks(config: EvalConfig, result: dict) -> int:
     """metrics_first_mask.json and a table on stdout."""
     out_dir = Path(config.out_dir)
@@ -276,15 +302,11 @@ def run(args: argparse.Namespace) -> int:
         for problem in dataset.problems:
             LOG.warning("%s", problem)
         dataset.raise_on_errors()
-        tracker_config = TrackerConfig(num_memory_frames=config.num_memory_frames, mode=config.mode)
-        tracker = SaliencyTracker.from_settings(preset=config.preset, image_size=config.image_size,
-                                                sam2_checkpoint=config.sam2_checkpoint, adapter=config.adapter,
-                                                device=resolve_device(config.device), seed=config.seed,
-                                                config=tracker_config)
+        tracker, engine = engine_tracker(config)
         if config.first_mask:
             return _report_initial_masks(config, evaluate_initial_masks(tracker, dataset.videos, config.progress))
         metrics, samples = evaluate_videos(tracker, dataset.videos, config.fps, config.strip_frames, config.progress)
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, EngineUnavailable) as error:
         LOG.error("%s", error)
         return 2
     where = dataset.layout if dataset.layout == "generic" else f"{dataset.layout}, {config.split}"
@@ -293,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"data": config.data, "layout": dataset.layout, "split": config.split, "preset": model.name,
                 "image_size": model.image_size, "sam2_checkpoint": config.sam2_checkpoint, "adapter": config.adapter,
                 "mode": tracker.mode, "num_memory_frames": config.num_memory_frames, "fps": config.fps,
-                "videos": len(dataset.videos)}
+                "engine": engine, "videos": len(dataset.videos)}
     report = write_report(metrics, samples, Path(config.out_dir), title, settings)
     print(Path(report["paths"]["markdown"]).read_text())
     print("\n".join(f"{kind}: {path}" for kind, path in report["paths"].items()))

@@ -109,7 +109,8 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
         engines = create_engines(model, EngineSettings(
             backend=settings.engine.backend, device=str(device), precision=settings.engine.precision,
             cache_dir=settings.engine.cache_dir or None, threads=settings.engine.num_threads,
-            cuda_graphs=settings.engine.cuda_graphs, compile=settings.engine.compile, zero_shot=mode == "zero_shot"))
+            cuda_graphs=settings.engine.cuda_graphs, compile=settings.engine.compile,
+            num_memory_frames=config.num_memory_frames, zero_shot=mode == "zero_shot"))
         tracker = SaliencyTracker(model, config, device=engines.device, encoder=engines.encoder,
                                   memory_attention=engines.memory_attention)
     except EngineUnavailable as exc:

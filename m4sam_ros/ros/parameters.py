@@ -143,7 +143,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("engine.device", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N.",
                   read_only=True),
     ParameterSpec("engine.precision", "auto",
-                  "Compute precision; auto: the backend's best (fp16 on TensorRT, fp32 elsewhere).",
+                  "Compute precision; auto: the backend's best (fp16 on TensorRT, fp32 elsewhere); int8: ONNX Runtime "
+                  "on CPU (dynamic quantisation), offered while its measured S-measure drop stays <= 0.01.",
                   choices=PRECISIONS, read_only=True),
     ParameterSpec("engine.cache_dir", "",
                   "Exported ONNX graphs and TensorRT engines; empty = $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros.",
@@ -156,7 +157,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "PyTorch backend: run the encoder and memory attention through torch.compile (the first frame "
                   "waits for the compile: a minute or more).", read_only=True),
     ParameterSpec("engine.num_threads", 0,
-                  "CPU threads for torch; 0 = torch's default (one per core). Lower it when other nodes share the CPU.",
+                  "CPU threads for torch and ONNX Runtime; 0 = their default (one per core), which collapses when "
+                  "other processes load the CPU: set it on shared robot CPUs.",
                   range=(0, 256), step=1, read_only=True),
     ParameterSpec("engine.simulated_latency_ms", 0.0,
                   "FOR TESTS ONLY: extra sleep before each inference, to emulate a slow model.",

@@ -9,7 +9,11 @@ and 1000 (those within --frames). The peer is SAM2's ``SAM2VideoPredictor`` itse
 by frame (``tools/sam2_reference.py``) with the same SAM2 weights. Both trackers run on every
 frame, interleaved, so a busy machine slows both alike and the ratio stays meaningful. The frames are synthetic
 RGB-D video; the lost-target re-initialisation is disabled so that every frame runs the
-full memory path, as SAM2's does. Writes a JSON report and a PNG chart.
+full memory path, as SAM2's does. With ``--sweep-memory-frames`` more trackers, one per bank
+size (``num_memory_frames``), share the encoder and run interleaved on the same frames: memory
+attention costs what the bank holds, and the chart shows it. The report records the CPU
+count, the thread settings (``--threads``) and the load average at start and end: on a shared
+CPU the default of one thread per core can collapse. Writes a JSON report and a PNG chart.
 
 Options of the PyTorch backend (``--cuda-graphs``, ``--compile``) are reported with the
 seconds each static call's first call took (warm-up, compile, capture: ``setup_s``).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -36,7 +41,7 @@ import numpy as np
 import torch
 
 from m4sam_ros.encodings import EncodedImage, decode_image, encode_image, to_depth, to_rgb
-from m4sam_ros.engines.factory import Engines, create_engines
+from m4sam_ros.engines.factory import Engines, EngineSettings, create_engines, memory_attention_engine
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
 from m4sam_ros.model.config import M4SAMConfig
 from m4sam_ros.postprocess import CameraIntrinsics
@@ -64,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--parity-frames", type=int, default=0,
                        help="first track this many frames on the engines and on PyTorch FP32 eager calls, and "
                             "report the worst probability difference and mask IoU (0 = skip)")
+    group.add_argument("--sweep-memory-frames", type=int, nargs="+", default=[], metavar="N",
+                       help="also run trackers with these --num-memory-frames on the same frames (one encoder, a "
+                            "memory-attention engine per bank size) and chart per-frame cost against it")
 
 
 @dataclass
@@ -284,10 +292,34 @@ def print_summary(report: dict) -> None:
     if report["ratio"]:
         print(f"\nM4-SAM / SAM2: FPS ratio {report['ratio']['fps']:.2f}, "
               f"tracking-state ratio at frame {report['ratio']['state_at_frame']}: {report['ratio']['state']:.3f}")
+    for point in report["memory_sweep"] or []:
+        print(f"num_memory_frames {point['num_memory_frames']}: memory attention median "
+              f"{point['memory_attention_ms']['median']:.2f} ms, frame median {point['end_to_end_ms']['median']:.2f} ms")
+    config = report["config"]
+    print(f"machine: {config['cpu_count']} CPUs, torch threads {config['torch_threads']}, load average "
+          f"{config['load_average_start']} at start, {config['load_average']} at end")
+
+
+def memory_sweep(traces: dict[int, Trace], warmup: int) -> list[dict]:
+    """Per bank size (num_memory_frames, ascending): median and p95 of memory attention and of the frame."""
+    return [{"num_memory_frames": frames, "memory_attention_ms": _stats(trace.stage_ms["memory_attention"][warmup:]),
+             "end_to_end_ms": _stats(trace.frame_ms[warmup:])} for frames, trace in sorted(traces.items())]
+
+
+def _machine(threads: int, load_at_start: tuple[float, float, float] | None) -> dict:
+    """What the timings depend on beyond the code: CPU, thread settings and how busy the machine was."""
+    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "threads_requested": threads, "torch_threads": torch.get_num_threads(),
+            "load_average_start": load_at_start, "load_average": _load_average()}
+
+
+def _load_average() -> tuple[float, float, float] | None:
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
 def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: Engines, camera: tuple[int, int],
-                 ours: Trace, peer: Trace | None, checkpoints: list[dict], mode: str, parity: dict | None = None) -> dict:
+                 ours: Trace, peer: Trace | None, checkpoints: list[dict], mode: str, sweep: dict[int, Trace],
+                 load_at_start: tuple[float, float, float] | None = None, parity: dict | None = None) -> dict:
     device = engines.device
     cuda_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
     report = {
@@ -297,13 +329,11 @@ def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: E
                    "peer_precision": peer_precision(engines.choice.precision) if peer else None,
                    "encoder_engine": engines.encoder.describe(),
                    "memory_attention_engine": engines.memory_attention.describe(),
-                   "mode": mode,
+                   "mode": mode, "num_memory_frames": args.num_memory_frames,
                    "cuda_graphs": bool(getattr(engines.encoder, "cuda_graphs", False)),
                    "compile": bool(getattr(engines.encoder, "compiled", False)),
                    "setup_s": _engine_setup(engines),
-                   "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                   "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                   "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                   "torch": torch.__version__, **_machine(args.threads, load_at_start),
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    "interleaved": "each frame runs both trackers, alternating which goes first"},
         "memory": {"checkpoints": checkpoints, "peak_rss_mib": peak_rss_mib(), "cuda_peak_allocated_mib": cuda_peak},
@@ -311,6 +341,7 @@ def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: E
         "sam2": summarise(peer, args.warmup) if peer else None,
         "ratio": None,
         "parity": parity,
+        "memory_sweep": memory_sweep(sweep, args.warmup) if len(sweep) > 1 else None,
     }
     if peer:
         last = report["m4sam"]["scaling"][-1]["frame"] if report["m4sam"]["scaling"] else args.frames
@@ -319,27 +350,47 @@ def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: E
     return report
 
 
+def _sweep_runners(model, engines: Engines, settings: EngineSettings, config: TrackerConfig, frames: list[int],
+                   device: torch.device) -> dict[int, M4SAMRunner]:
+    """A tracker per other bank size, sharing the main tracker's encoder engine."""
+    runners = {}
+    for count in frames:
+        attention = memory_attention_engine(model, engines.choice, dataclasses.replace(settings, num_memory_frames=count))
+        tracker = SaliencyTracker(model, dataclasses.replace(config, num_memory_frames=count), device=device,
+                                  encoder=engines.encoder, memory_attention=attention)
+        runners[count] = M4SAMRunner(tracker, f"M4-SAM {tracker.mode}, {count} memory frames")
+    return runners
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
     width, height = _parse_camera(args.camera)
+    load_at_start = _load_average()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = model_from_args(args)
-    config = TrackerConfig(image_size=model.config.image_size, lost_score_threshold=0.0, gap_timeout_s=1e9,
-                           mode=args.mode)
-    engines = create_engines(model, engine_settings(args, zero_shot=resolve_mode(config.mode, model) == "zero_shot"))
+    config = TrackerConfig(image_size=model.config.image_size, num_memory_frames=args.num_memory_frames,
+                           lost_score_threshold=0.0, gap_timeout_s=1e9, mode=args.mode)
+    settings = engine_settings(args, zero_shot=resolve_mode(config.mode, model) == "zero_shot")
+    engines = create_engines(model, settings)
     device = engines.device
     tracker = SaliencyTracker(model, config, device=device, encoder=engines.encoder,
                               memory_attention=engines.memory_attention)
     parity = (measure_parity(model, config, engines, list(camera_frames(args.parity_frames, width, height, args.seed)))
               if args.parity_frames else None)
     ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({engines.encoder.describe()})")
-    runners = [ours]
+    others = sorted(set(args.sweep_memory_frames) - {args.num_memory_frames})
+    sweep = _sweep_runners(model, engines, settings, config, others, device)
+    runners = [ours, *sweep.values()]
     if not args.no_peer:
         peer = SAM2VideoStream(sam2_predictor(model.config, weights_from=model), device, args.frames, (height, width),
                                precision=peer_precision(engines.choice.precision))
         runners.append(SAM2Runner(peer))
     checkpoints = run_streams(camera_frames(args.frames, width, height, args.seed), runners, device)
+    traces = {args.num_memory_frames: ours.trace, **{count: runner.trace for count, runner in sweep.items()}}
     report = build_report(args, model.config, engines, (width, height), ours.trace,
-                          runners[1].trace if len(runners) > 1 else None, checkpoints, tracker.mode, parity)
+                          runners[-1].trace if not args.no_peer else None, checkpoints, tracker.mode, traces,
+                          load_at_start, parity)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"bench-{model.config.name}-{model.config.image_size}-{engines.choice.backend}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))

@@ -1,4 +1,5 @@
-"""The benchmark chart: where the time goes, and what happens as the stream gets long."""
+"""The benchmark chart: where the time goes, what happens as the stream gets long and, with a
+bank-size sweep, what each memory frame costs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,25 @@ def _rolling_median(values: list[float], window: int = 9) -> np.ndarray:
     return np.array([np.median(array[max(0, i - half):i + half + 1]) for i in range(len(array))])
 
 
+def _plot_memory_sweep(ax, sweep: list[dict]) -> None:
+    """Median (bars: p95) memory-attention and frame time against the bank's num_memory_frames."""
+    frames = [point["num_memory_frames"] for point in sweep]
+    for key, label in (("memory_attention_ms", "memory attention"), ("end_to_end_ms", "whole frame")):
+        median = np.array([point[key]["median"] for point in sweep])
+        p95 = np.array([point[key]["p95"] for point in sweep])
+        ax.errorbar(frames, median, yerr=[np.zeros_like(median), p95 - median], marker="o", capsize=3, label=label)
+    ax.set_xticks(frames)
+    ax.set_xlabel("num_memory_frames (+ the conditioning frame)")
+    ax.set_ylabel("ms per frame (median, bar to p95)")
+    ax.set_title("cost vs memory bank size")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def plot_report(report: dict, path: Path) -> None:
-    """Three panels: median stage times (stacked), per-frame latency and tracking state vs frame."""
+    """Median stage times (stacked), per-frame latency and tracking state vs frame, and with a
+    bank-size sweep the per-frame cost against num_memory_frames."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works headless, never opens a window
@@ -21,7 +39,11 @@ def plot_report(report: dict, path: Path) -> None:
 
     runs = [report["m4sam"]] + ([report["sam2"]] if report["sam2"] else [])
     warmup = report["config"]["warmup"]
-    fig, (stages_ax, time_ax, memory_ax) = plt.subplots(1, 3, figsize=(17, 5))
+    sweep = report.get("memory_sweep")
+    fig, axes = plt.subplots(1, 4 if sweep else 3, figsize=(22 if sweep else 17, 5))
+    stages_ax, time_ax, memory_ax = axes[:3]
+    if sweep:
+        _plot_memory_sweep(axes[3], sweep)
 
     colours = plt.get_cmap("tab10")
     stage_names = list(dict.fromkeys(stage for run in runs for stage in run["stages_ms"]))  # one colour per stage
@@ -54,9 +76,11 @@ def plot_report(report: dict, path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     config = report["config"]
+    load = config.get("load_average_start")
     fig.suptitle(f"{config['preset']} @ {config['image_size']} px, {config['backend']} on {config['device']} "
                  f"({config['precision']}), camera {config['camera'][0]}x{config['camera'][1]}, "
-                 f"{config['frames']} frames", fontsize=10)
+                 f"{config['frames']} frames; {config['cpu_count']} CPUs, {config['torch_threads']} torch threads"
+                 + (f", load average {load[0]:.1f} at start" if load else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

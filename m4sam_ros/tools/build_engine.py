@@ -17,7 +17,8 @@ from m4sam_ros.engines.cache import ArtifactCache, weights_hash
 from m4sam_ros.engines.graphs import GRAPHS
 from m4sam_ros.engines.tensorrt_backend import (DEFAULT_WORKSPACE_GIB, TrtGraph, cached_engine, import_tensorrt,
                                                 require_cuda)
-from m4sam_ros.tools.model_args import add_model_arguments, default_graphs, model_from_args
+from m4sam_ros.engines.memory_attention import MemorySlots
+from m4sam_ros.tools.model_args import add_memory_argument, add_model_arguments, default_graphs, model_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="engine cache (default $M4SAM_CACHE_DIR or ~/.cache/m4sam_ros)")
     parser.add_argument("--workspace-gib", type=float, default=DEFAULT_WORKSPACE_GIB, help="TensorRT builder workspace")
     parser.add_argument("--rebuild", action="store_true", help="build even when a valid cached engine exists")
+    add_memory_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_hash(model)
     for graph in args.graphs or default_graphs(model):
         path = cached_engine(model, graph, cache, args.precision, device, weights, args.workspace_gib,
-                             rebuild=args.rebuild)
+                             MemorySlots.for_bank(model, args.num_memory_frames), rebuild=args.rebuild)
         TrtGraph(path.read_bytes(), device)  # proves it loads on this GPU
         print(f"{graph}: {path} ({path.stat().st_size / 1e6:.1f} MB, {args.precision})")
     return 0

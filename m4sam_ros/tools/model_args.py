@@ -11,6 +11,7 @@ from m4sam_ros.engines.selection import AUTO
 from m4sam_ros.model.builder import load_m4sam
 from m4sam_ros.model.config import PRESETS
 from m4sam_ros.model.m4sam import M4SAM
+from m4sam_ros.tracker import TrackerConfig
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512) -> None:
@@ -39,6 +40,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="PyTorch backend on CUDA: replay the encoder and memory attention as CUDA graphs")
     group.add_argument("--compile", action="store_true",
                        help="PyTorch backend: torch.compile the encoder and memory attention (compile time reported)")
+    group.add_argument("--threads", type=int, default=0,
+                       help="CPU threads of torch and ONNX Runtime (engine.num_threads; 0 = their defaults, one "
+                            "per core); set it where other processes share the CPU")
+    add_memory_argument(group)
+
+
+def add_memory_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--num-memory-frames", type=int, default=TrackerConfig.num_memory_frames,
+                        help="recent frames in the memory bank besides the conditioning frame "
+                             "(tracker.num_memory_frames); the memory-attention graph has slots for that many")
 
 
 def model_from_args(args: argparse.Namespace) -> M4SAM:
@@ -52,7 +63,8 @@ def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings
     """``zero_shot``: the tracker runs in zero-shot mode (SAM2's own encoder)."""
     return EngineSettings(backend=args.backend, device=args.device, precision=args.precision,
                           cache_dir=args.cache_dir, memory_attention=not args.no_memory_attention_engine,
-                          zero_shot=zero_shot, cuda_graphs=args.cuda_graphs, compile=args.compile)
+                          num_memory_frames=args.num_memory_frames, zero_shot=zero_shot, threads=args.threads,
+                          cuda_graphs=args.cuda_graphs, compile=args.compile)
 
 
 def default_graphs(model: M4SAM) -> list[str]:

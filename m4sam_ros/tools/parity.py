@@ -111,17 +111,20 @@ def encoder_sam2_parity(model: M4SAM, graph: CompiledGraph, frames: int = 3, see
     return rows
 
 
-def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4, seed: int = 0) -> list[ParityRow]:
-    """Memory-attention graph vs SAM2's memory attention.
+def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4, seed: int = 0,
+                            num_memory_frames: int | None = None) -> list[ParityRow]:
+    """Memory-attention graph (exported for a bank of ``num_memory_frames``, None: SAM2's 6)
+    vs SAM2's memory attention.
 
     random: the static module on random packed inputs (some slots empty);
-    synthetic: banks the real tracker built over ``frames`` synthetic frames, the graph engine
-    (packing included) against ``model.condition_on_memory`` on the bank's view.
+    synthetic: banks the real tracker (same ``num_memory_frames``) built over ``frames``
+    synthetic frames, the graph engine (packing included) against ``model.condition_on_memory``
+    on the bank's view.
     """
     from m4sam_ros.tracker import SaliencyTracker, TrackerConfig
 
     device = next(model.parameters()).device
-    slots = MemorySlots.for_model(model)
+    slots = MemorySlots.for_bank(model, num_memory_frames)
     static = StaticMemoryAttention(model, slots, (model.config.image_size // 16,) * 2)
     inputs = _to(device, example_memory_inputs(model, slots, generator=torch.Generator().manual_seed(seed)))
     with torch.inference_mode():
@@ -129,8 +132,8 @@ def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4,
     rows = [ParityRow(MEMORY_ATTENTION, "random", "pix_feat", e)
             for e in compare_outputs(reference, graph.run(inputs)).values()]
     engine = GraphMemoryAttention(graph, model, slots, "graph", "fp32")
-    tracker = SaliencyTracker(model, TrackerConfig(image_size=model.config.image_size, mode="learned"),
-                              device=str(device))
+    config = TrackerConfig(image_size=model.config.image_size, num_memory_frames=slots.recent_frames, mode="learned")
+    tracker = SaliencyTracker(model, config, device=str(device))
     for index, rgb, depth in parity_frames(frames, seed):
         if index > 0:  # the bank holds frames 0 .. index-1; frame `index` attends to it
             encoder_feed = _to(device, frame_inputs(rgb, depth, model.config.image_size))
