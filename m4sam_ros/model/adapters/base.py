@@ -75,6 +75,7 @@ class TrunkGeometry:
     trunk: Hiera
     d_model: int  # FPN / decoder width
     image_size: int  # square model input
+    mem_dim: int  # SAM2's memory encoder output width (for an adapter with a memory of its own)
 
     def block_input_sizes(self) -> list[int]:
         """Side of each Hiera block's input token grid: stride 4 after the patch embedding,
