@@ -19,7 +19,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("m4sam_ros.tools.export", "export the encoder and memory attention to ONNX and check ONNX Runtime parity"),
     "build-engine": ("m4sam_ros.tools.build_engine", "build (and cache) TensorRT engines ahead of time"),
     "bench": ("m4sam_ros.tools.bench", "per-stage latency, FPS and memory, side by side with SAM2's own tracking"),
-    "train": ("m4sam_ros.learn.train", "train M4-SAM adapters (MoE-LoRA + fusion) on RGB-D video clips"),
+    "cost": ("m4sam_ros.tools.cost", "trainable parameters, per-frame GFLOP by stage and training memory of a variant"),
+    "train": ("m4sam_ros.learn.train", "train a variant's adapter (--adapter-kind: moe_lora, sam_daq) on RGB-D clips"),
     "eval": ("m4sam_ros.learn.evaluate", "score a model on an RGB-D VSOD dataset through the SaliencyTracker"),
     "scenes": ("m4sam_ros.learn.scenes.generate", "render RGB-D robot scenes (PyBullet) with ground truth"),
 }
