@@ -250,3 +250,17 @@ def test_the_node_runs_the_variant_end_to_end(ros, log_dir, tmp_path):
     finally:
         camera.stop()
         process.kill()
+
+
+def test_demo_recipe_is_m4sams_with_the_other_adapter():
+    """The two variants' demo weights compare like for like: one recipe, two adapters."""
+    import yaml
+
+    from helpers import ROOT
+
+    m4sam, daq = (yaml.safe_load((ROOT / "config" / name).read_text()) for name in ("train_demo.yaml",
+                                                                                 "train_daq_demo.yaml"))
+    outputs = {"out_dir", "adapter_out", "sam2_weights_out"}
+    assert daq.pop("adapter_kind") == "sam_daq" and "adapter_kind" not in m4sam
+    assert {k: v for k, v in daq.items() if k not in outputs} == {k: v for k, v in m4sam.items() if k not in outputs}
+    assert TrainConfig(**daq, adapter_kind="sam_daq").steps == m4sam["steps"]  # every key a TrainConfig field
