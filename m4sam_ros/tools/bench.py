@@ -233,7 +233,8 @@ def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: E
     device = engines.device
     cuda_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
     report = {
-        "config": {"preset": model_config.name, "image_size": model_config.image_size, "frames": args.frames,
+        "config": {"preset": model_config.name, "adapter": model_config.adapter.kind,
+                   "image_size": model_config.image_size, "frames": args.frames,
                    "warmup": args.warmup, "camera": list(camera), "backend": engines.choice.backend,
                    "device": str(device), "precision": engines.choice.precision,
                    "memory_attention_engine": engines.memory_attention.describe(),
@@ -264,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
     device = engines.device
     tracker = SaliencyTracker(model, config, device=device, encoder=engines.encoder,
                               memory_attention=engines.memory_attention)
-    ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({engines.encoder.describe()})")
+    variant = f"{model.config.adapter.kind}, " if tracker.mode == "learned" else ""  # which adapter learned mode runs
+    ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({variant}{engines.encoder.describe()})")
     runners = [ours]
     if not args.no_peer:
         peer = SAM2VideoStream(sam2_predictor(model.config, weights_from=model), device, args.frames, (height, width))
