@@ -31,7 +31,8 @@ def _daq(seed: int = 0, randomize: bool = True):
 
 def _inputs(batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, SIZE, SIZE, generator=generator), torch.randn(batch, 3, SIZE, SIZE, generator=generator))
+    shape = (batch, 3, SIZE, SIZE)
+    return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
 
 
 def test_shapes_and_finiteness_at_the_test_preset():
@@ -51,7 +52,8 @@ def test_shapes_and_finiteness_at_the_test_preset():
     c = model.config.d_model
     assert [tuple(t.shape) for t in frame] == [(2, c, 4, 4), (2, c // 8, 16, 16), (2, c // 4, 8, 8), (2, c, 4, 4)]
     for out in outputs:
-        assert out.low_res_logits.shape == (2, 1, SIZE // 4, SIZE // 4) and out.high_res_logits.shape == (2, 1, SIZE, SIZE)
+        assert out.low_res_logits.shape == (2, 1, SIZE // 4, SIZE // 4)
+        assert out.high_res_logits.shape == (2, 1, SIZE, SIZE)
         assert out.obj_ptr.shape == (2, c) and out.object_score_logits.shape == (2, 1)
         assert all(torch.isfinite(t).all() for t in out[:4])
         assert out.aux_logits == ()  # inference computes no intermediate predictions

@@ -147,7 +147,8 @@ class TrainConfig:
         if self.synthetic_videos is None:
             self.synthetic_videos = 0 if self.data or self.rendered_videos else 8
         nonneg = ("threads", "warmup_steps", "checkpoint_every", "val_videos", "val_rendered_videos", "weight_decay",
-                  "grad_clip", "bce_weight", "iou_weight", "object_weight", "intermediate_weight", "rendered_videos", "synthetic_videos")
+                  "grad_clip", "bce_weight", "iou_weight", "object_weight", "intermediate_weight", "rendered_videos",
+                  "synthetic_videos")
         bad = {name: getattr(self, name) for name in nonneg if getattr(self, name) < 0}
         if bad:
             raise ValueError(f"TrainConfig fields must be >= 0: {bad}")
@@ -349,8 +350,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
                 losses = self.clip_loss(batch)
             self.scaler.scale(losses["total"] / self.config.accumulate).backward()
-            for key, name in (("total", "loss"), ("bce", "bce"), ("iou", "iou"), ("object", "object"), ("inter", "inter")):
-                totals[name] += float(losses[key].detach()) / self.config.accumulate
+            for key in ("total", "bce", "iou", "object", "inter"):
+                totals["loss" if key == "total" else key] += float(losses[key].detach()) / self.config.accumulate
         self.scaler.unscale_(self.optimizer)
         params = list(self.named_trainable.values())
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")  # inf: measure only

@@ -128,9 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, default_size=512)
     group = parser.add_argument_group("cost")
     group.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--clip-length", type=int, default=4, help="frames of the training clip (0: skip training memory)")
+    group.add_argument("--clip-length", type=int, default=4,
+                       help="frames of the training clip (0: skip training memory)")
     group.add_argument("--through-frozen-trunk", action="store_true",
-                       help="SAM-DAQ: back-propagate through the frozen trunk too (the cost its parallel adapters avoid)")
+                       help="SAM-DAQ: back-propagate through the frozen trunk too (the cost its parallel adapters "
+                            "avoid)")
     group.add_argument("--json", type=Path, default=None, help="also write the report here")
 
 

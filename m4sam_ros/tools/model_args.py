@@ -25,7 +25,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512
     group.add_argument("--sam2-checkpoint", default=None, help="official SAM2/SAM2.1 checkpoint (.pt) for the preset")
     group.add_argument("--adapter", default=None, help="trained M4-SAM adapter file")
     group.add_argument("--adapter-kind", default=None, choices=sorted(ADAPTERS),
-                       help="model variant to build without an adapter file (random adapter; the file decides when given)")
+                       help="model variant to build without an adapter file (random adapter; a file says its own)")
     group.add_argument("--seed", type=int, default=0, help="seed of the random init (without checkpoints)")
 
 

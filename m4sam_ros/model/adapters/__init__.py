@@ -13,8 +13,8 @@ from m4sam_ros.model.adapters.moe_lora import MoELoRA, MoELoRAConfig
 
 ADAPTERS: dict[str, type[Adapter]] = {MoELoRA.kind: MoELoRA, SAMDAQ.kind: SAMDAQ}
 
-__all__ = ["ADAPTERS", "Adapter", "AdapterConfig", "MoELoRA", "MoELoRAConfig", "SAMDAQ", "SAMDAQConfig", "TrunkGeometry",
-           "adapter_config_from_dict", "build_adapter", "current_routing", "routing"]
+__all__ = ["ADAPTERS", "Adapter", "AdapterConfig", "MoELoRA", "MoELoRAConfig", "SAMDAQ", "SAMDAQConfig",
+           "TrunkGeometry", "adapter_config_from_dict", "build_adapter", "current_routing", "routing"]
 
 
 def _adapter_type(kind: str) -> type[Adapter]:

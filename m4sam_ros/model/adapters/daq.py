@@ -186,7 +186,8 @@ class SAMDAQ(Adapter):
             return output + downsample(self.dpa[index](torch.cat([x, torch.zeros_like(x)], dim=-1)), size)
         half = x.shape[0] // 2
         rgb, depth = x[:half], x[half:]
-        rgb_out = output[:half] + downsample(self.dpa[index](torch.cat([rgb, depth * _DEPTH_PRESENT.get()], dim=-1)), size)
+        guide = depth * _DEPTH_PRESENT.get()  # absent depth: zeros, as the one-modality pass feeds the DPA
+        rgb_out = output[:half] + downsample(self.dpa[index](torch.cat([rgb, guide], dim=-1)), size)
         depth_out = output[half:]
         if index < len(self.depth_adapters):
             depth_out = depth_out + downsample(self.depth_adapters[index](depth), size)
