@@ -23,7 +23,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench-matrix": ("m4sam_ros.tools.bench_matrix", "m4sam bench over modes, sizes, precisions and CUDA graphs: "
                      "one table + JSON"),
     "flops": ("m4sam_ros.tools.flops", "FLOPs of one frame, part by part, learned mode against SAM2's own"),
-    "train": ("m4sam_ros.learn.train", "train M4-SAM adapters (MoE-LoRA + fusion) on RGB-D video clips"),
+    "cost": ("m4sam_ros.tools.cost", "trainable parameters, per-frame GFLOP by stage and training memory of a variant"),
+    "train": ("m4sam_ros.learn.train", "train a variant's adapter (--adapter-kind: moe_lora, sam_daq) on RGB-D clips"),
     "eval": ("m4sam_ros.learn.evaluate", "score a model on an RGB-D VSOD dataset through the SaliencyTracker"),
     "scenes": ("m4sam_ros.learn.scenes.generate", "render RGB-D robot scenes (PyBullet) with ground truth"),
 }

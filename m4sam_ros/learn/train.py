@@ -1,10 +1,12 @@
-"""Train M4-SAM's adapters (MoE-LoRA + fusion) on RGB-D video clips, SAM2 frozen.
+"""Train a model variant's adapter (``--adapter-kind``: M4-SAM's MoE-LoRA + fusion, SAM-DAQ's) on
+RGB-D video clips, SAM2 frozen.
 
 Each clip runs the way the tracker runs a stream, through the same per-frame step
 (``model.new_memory(...).step``): frame 0 is the prompt-free initialisation (no memory; its
 coarse mask is encoded as the conditioning frame), later frames attend to the memory and
 feed it. Losses
-(BCE + soft IoU on the mask logits, BCE on the object score) are summed over the frames
+(BCE + soft IoU on the mask logits, BCE on the object score, and the BCE of intermediate
+predictions for an adapter that makes them: SAM-DAQ) are summed over the frames
 that have ground truth, and gradients flow back through the memory.
 
 Settings: dataclass defaults < ``--config file.yaml`` < explicit flags (see ``--help``).
@@ -63,7 +65,7 @@ from m4sam_ros.model.m4sam import M4SAM, DecoderOutput
 LOG = logging.getLogger("m4sam.train")
 CHECKPOINT_FORMAT = "m4sam-train-checkpoint"
 CHECKPOINT_VERSION = 1
-LOG_COLUMNS = ("step", "lr", "loss", "bce", "iou", "object", "grad_norm", "clips_per_s", "elapsed_s")
+LOG_COLUMNS = ("step", "lr", "loss", "bce", "iou", "object", "inter", "grad_norm", "clips_per_s", "elapsed_s")
 # Settings a resume may change. All but `steps` keep the run bit-exact; a new `steps` is
 # allowed (to train longer) but reshapes the cosine schedule from the resume point on.
 # `accumulate` may change with the world size as long as accumulate x world size (the
@@ -124,6 +126,8 @@ class TrainConfig:
     bce_weight: float = field(default=1.0, metadata=_help("weight of the pixel BCE loss"))
     iou_weight: float = field(default=1.0, metadata=_help("weight of the soft IoU loss"))
     object_weight: float = field(default=0.1, metadata=_help("weight of the object-score BCE loss"))
+    intermediate_weight: float = field(default=0.5, metadata=_help(
+        "weight of the intermediate predictions' BCE (adapters that make them: sam_daq)"))
     amp: str = field(default="auto", metadata=_help(
         "mixed precision: auto = fp16 + GradScaler on CUDA, off on CPU", choices=["auto", "off", "bf16", "fp16"]))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N"))
@@ -160,7 +164,8 @@ class TrainConfig:
         if self.synthetic_videos is None:
             self.synthetic_videos = 0 if self.data or self.rendered_videos else 8
         nonneg = ("threads", "warmup_steps", "checkpoint_every", "val_videos", "val_rendered_videos", "weight_decay",
-                  "grad_clip", "bce_weight", "iou_weight", "object_weight", "rendered_videos", "synthetic_videos")
+                  "grad_clip", "bce_weight", "iou_weight", "object_weight", "intermediate_weight", "rendered_videos",
+                  "synthetic_videos")
         bad = {name: getattr(self, name) for name in nonneg if getattr(self, name) < 0}
         if bad:
             raise ValueError(f"TrainConfig fields must be >= 0: {bad}")
@@ -317,7 +322,8 @@ class Trainer:
                                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.weights = LossWeights(config.bce_weight, config.iou_weight, config.object_weight)
+        self.weights = LossWeights(config.bce_weight, config.iou_weight, config.object_weight,
+                                   config.intermediate_weight)
         self.sampler = ClipSampler(self.world.in_turn(self._training_videos), config.clip_length, seed=config.seed,
                                    stride=config.clip_stride, flip_prob=config.flip_prob)
         self.step = 0
@@ -352,9 +358,10 @@ class Trainer:
     # ---- one clip ------------------------------------------------------------------------
     def clip_loss(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
         """Mean losses over the clip frames that have GT."""
-        sums = {k: torch.zeros((), device=self.device) for k in ("bce", "iou", "object", "total")}
+        sums = {k: torch.zeros((), device=self.device) for k in ("bce", "iou", "object", "inter", "total")}
         for t, decoded in run_clip(self.model, batch, self.config.num_memory_frames):
-            losses = frame_losses(decoded.high_res_logits, decoded.object_score_logits, batch.gt[:, t], self.weights)
+            losses = frame_losses(decoded.high_res_logits, decoded.object_score_logits, batch.gt[:, t], self.weights,
+                                  decoded.aux_logits)
             weight = batch.has_gt[:, t].float()  # (B,) frames without GT add nothing
             for key in sums:
                 sums[key] = sums[key] + (losses[key] * weight).sum()
@@ -375,7 +382,7 @@ class Trainer:
         """One optimizer step over ``accumulate`` micro-batches of this rank (see module docstring)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {k: 0.0 for k in ("loss", "bce", "iou", "object")}
+        totals = {k: 0.0 for k in ("loss", "bce", "iou", "object", "inter")}
         world = self.world
         for micro in range(self.config.accumulate):
             index = (self.step * self.config.accumulate + micro) * world.world_size + world.rank
@@ -384,8 +391,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
                 losses = self.clip_loss(batch)
             self.scaler.scale(losses["total"] / self.config.accumulate).backward()
-            for key, name in (("total", "loss"), ("bce", "bce"), ("iou", "iou"), ("object", "object")):
-                totals[name] += float(losses[key].detach()) / self.config.accumulate
+            for key in ("total", "bce", "iou", "object", "inter"):
+                totals["loss" if key == "total" else key] += float(losses[key].detach()) / self.config.accumulate
         params = list(self.named_trainable.values())
         world.average_gradients(params)  # before unscaling: every rank then sees the same inf/NaN
         totals = world.mean(totals, self.device)
@@ -481,7 +488,7 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 rate = (self.step - start) * clips_per_step / max(elapsed, 1e-9)
                 if writer:
-                    values = {k: f"{last[k]:.6g}" for k in ("lr", "loss", "bce", "iou", "object", "grad_norm")}
+                    values = {k: f"{last[k]:.6g}" for k in ("lr", "loss", "bce", "iou", "object", "inter", "grad_norm")}
                     writer.writerow({"step": self.step, **values, "clips_per_s": f"{rate:.3f}",
                                      "elapsed_s": f"{elapsed:.2f}"})
                     handle.flush()
@@ -575,7 +582,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         axis.plot(steps[window - 1:], smooth, lw=1.8, label=f"mean of {window}")
     axis.set_xlabel("optimizer step")
-    axis.set_ylabel("BCE + IoU + object loss")
+    axis.set_ylabel("training loss (BCE + IoU + object [+ intermediate])")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

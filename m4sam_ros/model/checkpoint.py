@@ -5,9 +5,9 @@
   (a hiera_s file given to a hiera_t preset must not half-load).
 * Adapter files hold only the trainable tensors (the model's ``adapter``) and the model
   config they were trained with; loading refuses a model whose SAM2 architecture or
-  adapter config differs. Files of versions 1 and 2 hold M4-SAM's earlier encoder (depth
-  through the whole trunk, fusion on the FPN levels): no conversion exists, they are
-  refused with that reason.
+  adapter config differs. MoE-LoRA files of versions 1 and 2 hold M4-SAM's earlier encoder
+  (depth through the whole trunk, fusion on the FPN levels): no conversion exists, they are
+  refused with that reason. Other adapters' version 2 files read unchanged.
 * Every tensor loaded must be finite: NaN/inf (a corrupt byte, a diverged run) is refused,
   naming the tensors, instead of serving empty masks that look healthy.
 * Everything is read with ``torch.load(weights_only=True)``; unreadable files raise
@@ -24,9 +24,9 @@ from m4sam_ros.model.m4sam import M4SAM
 
 ADAPTER_FORMAT = "m4sam-adapter"
 ADAPTER_VERSION = 3
-# versions this code cannot read, and why
-_RETIRED_VERSIONS = {1: "M4-SAM's earlier encoder (depth through the whole trunk, fusion on the FPN levels)",
-                     2: "M4-SAM's earlier encoder (depth through the whole trunk, fusion on the FPN levels)"}
+# (version, adapter kind) this code cannot read, and why; version 1 knew only MoE-LoRA
+_EARLIER_ENCODER = "M4-SAM's earlier encoder (depth through the whole trunk, fusion on the FPN levels)"
+_RETIRED = {(1, "moe_lora"): _EARLIER_ENCODER, (2, "moe_lora"): _EARLIER_ENCODER}
 _SHOW = 8  # keys named in an error message
 
 
@@ -119,10 +119,14 @@ def _adapter_payload(path: Path) -> tuple[M4SAMConfig, dict]:
         hint = " (it looks like a SAM2 checkpoint: load it with load_sam2_checkpoint)" if (
             isinstance(payload, dict) and "model" in payload) else ""
         raise CheckpointError(f"{path} is not an M4-SAM adapter file{hint}")
-    if payload.get("version") in _RETIRED_VERSIONS:
-        raise CheckpointError(f"{path} has adapter format version {payload['version']}: weights of "
-                              f"{_RETIRED_VERSIONS[payload['version']]}, which this code no longer builds and "
-                              f"cannot convert; retrain the adapter with `m4sam train`")
+    version, config = payload.get("version"), payload.get("config")
+    kind = (config.get("adapter") or {}).get("kind", "moe_lora") if isinstance(config, dict) else None
+    if (version, kind) in _RETIRED:
+        raise CheckpointError(f"{path} has adapter format version {version}: weights of {_RETIRED[version, kind]}, "
+                              f"which this code no longer builds and cannot convert; retrain the adapter with "
+                              f"`m4sam train`")
+    if version == 2:  # version 3 changed MoE-LoRA only
+        payload = dict(payload, version=ADAPTER_VERSION)
     if payload.get("version") != ADAPTER_VERSION:
         raise CheckpointError(f"{path} has adapter format version {payload.get('version')}, "
                               f"this code reads version {ADAPTER_VERSION}")

@@ -56,6 +56,9 @@ class DecoderOutput(NamedTuple):
     high_res_logits: torch.Tensor  # (B, 1, S, S)
     obj_ptr: torch.Tensor  # (B, C) object pointer for the memory bank
     object_score_logits: torch.Tensor  # (B, 1) object presence (> 0: present)
+    # training only: intermediate mask logits (B, 1, h, w) of an adapter that makes them (the
+    # loss's intermediate term, ``learn.losses``); M4-SAM makes none
+    aux_logits: tuple[torch.Tensor, ...] = ()
 
 
 def sam2_modules(config: M4SAMConfig) -> dict:
@@ -128,7 +131,7 @@ class M4SAM(SAM2Base):
         super().__init__(**sam2_modules(config))
         self.config = config
         self.adapter = build_adapter(config.adapter, TrunkGeometry(self.image_encoder.trunk, config.d_model,
-                                                                   config.image_size))
+                                                                   config.image_size, config.mem_dim))
         self.adapter_file: str | None = None  # set by checkpoint.load_adapter
         self.sam2_file: str | None = None  # set by checkpoint.load_sam2_checkpoint
         self.freeze_sam2()

@@ -118,7 +118,8 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
     except (ValueError, RuntimeError, OSError) as exc:
         raise StartupError(f"cannot build the model: {exc}") from None
     choice = engines.choice
-    description = (f"{settings.model.preset} {settings.model.image_size}px {tracker.mode} on "
+    variant = f" ({model.config.adapter.kind})" if tracker.mode == "learned" else ""  # which adapter learned mode runs
+    description = (f"{settings.model.preset} {settings.model.image_size}px {tracker.mode}{variant} on "
                    f"{choice.backend}/{choice.device} {choice.precision}")
     return tracker, description
 

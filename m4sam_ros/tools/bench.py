@@ -323,7 +323,8 @@ def build_report(args: argparse.Namespace, model_config: M4SAMConfig, engines: E
     device = engines.device
     cuda_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
     report = {
-        "config": {"preset": model_config.name, "image_size": model_config.image_size, "frames": args.frames,
+        "config": {"preset": model_config.name, "adapter": model_config.adapter.kind,
+                   "image_size": model_config.image_size, "frames": args.frames,
                    "warmup": args.warmup, "camera": list(camera), "backend": engines.choice.backend,
                    "device": str(device), "precision": engines.choice.precision,
                    "peer_precision": peer_precision(engines.choice.precision) if peer else None,
@@ -378,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
                               memory_attention=engines.memory_attention)
     parity = (measure_parity(model, config, engines, list(camera_frames(args.parity_frames, width, height, args.seed)))
               if args.parity_frames else None)
-    ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({engines.encoder.describe()})")
+    variant = f"{model.config.adapter.kind}, " if tracker.mode == "learned" else ""  # which adapter learned mode runs
+    ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({variant}{engines.encoder.describe()})")
     others = sorted(set(args.sweep_memory_frames) - {args.num_memory_frames})
     sweep = _sweep_runners(model, engines, settings, config, others, device)
     runners = [ours, *sweep.values()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from m4sam_ros.engines.backends import BACKEND_NAMES
+from m4sam_ros.model.adapters import ADAPTERS
 from m4sam_ros.engines.base import PRECISIONS
 from m4sam_ros.engines.factory import EngineSettings
 from m4sam_ros.engines.graphs import graphs_for
@@ -24,6 +25,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_size: int = 512
     parser.set_defaults(default_image_size=default_size)
     group.add_argument("--sam2-checkpoint", default=None, help="official SAM2/SAM2.1 checkpoint (.pt) for the preset")
     group.add_argument("--adapter", default=None, help="trained M4-SAM adapter file")
+    group.add_argument("--adapter-kind", default=None, choices=sorted(ADAPTERS),
+                       help="model variant to build without an adapter file (random adapter; a file says its own)")
     group.add_argument("--seed", type=int, default=0, help="seed of the random init (without checkpoints)")
 
 
@@ -56,7 +59,7 @@ def model_from_args(args: argparse.Namespace) -> M4SAM:
     """The model the arguments describe, weights loaded, in eval mode."""
     image_size = args.image_size or (None if args.adapter else args.default_image_size)
     return load_m4sam(args.preset, image_size, sam2_checkpoint=args.sam2_checkpoint, adapter=args.adapter,
-                      seed=args.seed)
+                      adapter_kind=args.adapter_kind, seed=args.seed)
 
 
 def engine_settings(args: argparse.Namespace, zero_shot: bool) -> EngineSettings:

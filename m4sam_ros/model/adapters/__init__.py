@@ -8,12 +8,13 @@ from __future__ import annotations
 import dataclasses
 
 from m4sam_ros.model.adapters.base import Adapter, AdapterConfig, TrunkGeometry, current_routing, routing
+from m4sam_ros.model.adapters.daq import SAMDAQ, SAMDAQConfig
 from m4sam_ros.model.adapters.moe_lora import MoELoRA, MoELoRAConfig
 
-ADAPTERS: dict[str, type[Adapter]] = {MoELoRA.kind: MoELoRA}
+ADAPTERS: dict[str, type[Adapter]] = {MoELoRA.kind: MoELoRA, SAMDAQ.kind: SAMDAQ}
 
-__all__ = ["ADAPTERS", "Adapter", "AdapterConfig", "MoELoRA", "MoELoRAConfig", "TrunkGeometry", "adapter_config_from_dict",
-           "build_adapter", "current_routing", "routing"]
+__all__ = ["ADAPTERS", "Adapter", "AdapterConfig", "MoELoRA", "MoELoRAConfig", "SAMDAQ", "SAMDAQConfig",
+           "TrunkGeometry", "adapter_config_from_dict", "build_adapter", "current_routing", "routing"]
 
 
 def _adapter_type(kind: str) -> type[Adapter]:

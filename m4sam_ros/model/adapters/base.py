@@ -84,6 +84,7 @@ class TrunkGeometry:
     trunk: Hiera
     d_model: int  # FPN / decoder width
     image_size: int  # square model input
+    mem_dim: int  # SAM2's memory encoder output width (for an adapter with a memory of its own)
 
     @property
     def stage_widths(self) -> list[int]:
