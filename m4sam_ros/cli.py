@@ -22,7 +22,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("m4sam_ros.tools.bench", "per-stage latency, FPS and memory, side by side with SAM2's own tracking"),
     "bench-matrix": ("m4sam_ros.tools.bench_matrix", "m4sam bench over modes, sizes, precisions and CUDA graphs: "
                      "one table + JSON"),
-    "flops": ("m4sam_ros.tools.flops", "FLOPs of one frame, part by part, learned mode against SAM2's own"),
     "cost": ("m4sam_ros.tools.cost", "trainable parameters, per-frame GFLOP by stage and training memory of a variant"),
     "train": ("m4sam_ros.learn.train", "train a variant's adapter (--adapter-kind: moe_lora, sam_daq) on RGB-D clips"),
     "eval": ("m4sam_ros.learn.evaluate", "score a model on an RGB-D VSOD dataset through the SaliencyTracker"),

@@ -3,10 +3,12 @@
 * Per-frame GFLOP by stage in learned mode, once the stream is in its steady state (M4-SAM:
   the memory bank full, 1 conditioning + N recent frames and their object pointers; SAM-DAQ:
   its query state): one RGB-D frame encoded and stepped through ``model.new_memory(...).step``,
-  the tracker's own step. Counted by ``torch.utils.flop_counter`` (matrix products,
-  convolutions, attention; element-wise operations are not counted), so they depend on the
-  architecture and input size only, never on the weights: a preset without its checkpoint
-  gives its true figures.
+  the tracker's own step; the same for SAM2's own frame (zero-shot mode: SAM2's encoder and
+  memory), and the ratio; the learned encoder by part (frozen trunk with the adapter's hooks
+  inside, the experts among them, SAM2's neck and projections, each other adapter part).
+  Counted by ``torch.utils.flop_counter`` (matrix products, convolutions, attention;
+  element-wise operations are not counted), so they depend on the architecture and input
+  size only, never on the weights: a preset without its checkpoint gives its true figures.
 * Training memory of one clip (batch 1, ``--clip-length`` frames, streamed as ``m4sam train``
   does with ``run_clip``, SAM2 frozen): the bytes autograd keeps for the backward pass
   (parameters excluded), the part of training memory that grows with trunk and image size;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from m4sam_ros.devices import resolve_device
+from m4sam_ros.engines.graphs import ENCODER, graph_spec
 from m4sam_ros.learn.batching import ClipBatch
 from m4sam_ros.learn.losses import LossWeights, frame_losses
 from m4sam_ros.learn.train import run_clip
@@ -64,27 +68,51 @@ def _example_frame(model: M4SAM, seed: int) -> tuple[torch.Tensor, torch.Tensor,
             torch.ones(1, 2, device=device))
 
 
-def frame_flops(model: M4SAM) -> dict[str, int]:
-    """FLOPs per stage ("encoder", "memory_attention", "decoder", "memory_encoder") of one
-    learned-mode RGB-D frame in the steady state."""
+def frame_flops(model: M4SAM, zero_shot: bool = False) -> dict[str, int]:
+    """FLOPs per stage ("encoder", "memory_attention", "decoder", "memory_encoder") of one frame in
+    the steady state: learned mode (an RGB-D frame), or with ``zero_shot`` SAM2's own frame."""
     model.eval()
     inputs = _example_frame(model, seed=0)
-    memory = model.new_memory(zero_shot=False, num_memory_frames=model.num_maskmem - 1)
+    encode = (lambda: model.encode_sam2(inputs[0])) if zero_shot else (lambda: model.encode(*inputs))
+    memory = model.new_memory(zero_shot=zero_shot, num_memory_frames=model.num_maskmem - 1)
     trains = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)  # the counter's module tracker hooks the gradients of inputs that want them
     try:
         with torch.inference_mode():
-            filler = model.encode(*inputs)
+            filler = encode()
             for t in range(model.max_obj_ptrs_in_encoder):  # the bank's every slot, pointers included
                 memory.step(model, filler, conditioning=t == 0)
             watch = FlopWatch()
             with watch("encoder"):
-                frame = model.encode(*inputs)
+                frame = encode()
             memory.step(model, frame, conditioning=False, watch=watch)
     finally:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(trains[name])
     return watch.flops
+
+
+def encoder_parts(model: M4SAM) -> dict[str, float]:
+    """The learned RGB-D encoder's FLOPs by part: the frozen trunk's blocks (with the adapter's
+    hooks inside them), of which the experts (``adapter.moe_lora``), SAM2's neck and projections,
+    and each other adapter part. A module's count includes everything called inside it."""
+    spec = graph_spec(ENCODER, model)  # called as a module, so the counter names submodules by path
+    counter = FlopCounterMode(display=False, depth=16, custom_mapping=_EXTRA_FORMULAS)
+    with torch.inference_mode(), counter:
+        spec.module(*spec.inputs.values())
+    parts: dict[str, float] = defaultdict(float)
+    for name, ops in counter.get_flop_counts().items():
+        path, flops = name.split(".")[2:], float(sum(ops.values()))  # drop "<graph module>.model"
+        if path[:3] == ["image_encoder", "trunk", "blocks"] and len(path) == 4 or path == [
+                "image_encoder", "trunk", "patch_embed"]:
+            parts["trunk (frozen Hiera; hooks inside)"] += flops
+        elif path[:2] == ["adapter", "moe_lora"] and len(path) == 3:
+            parts["of which adapter.moe_lora"] += flops
+        elif path in (["image_encoder", "neck"], ["sam_mask_decoder", "conv_s0"], ["sam_mask_decoder", "conv_s1"]):
+            parts["SAM2 neck and projections"] += flops
+        elif path[:1] == ["adapter"] and len(path) == 2 and path[1] != "moe_lora":
+            parts[".".join(path)] += flops
+    return dict(parts)
 
 
 def training_memory(model: M4SAM, clip_length: int) -> dict[str, float | None]:
@@ -136,6 +164,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", type=Path, default=None, help="also write the report here")
 
 
+def print_table(report: dict) -> None:
+    """GFLOP per frame, learned mode beside SAM2's own frame, the encoder by part below it."""
+    learned, sam2 = report["gflop_per_frame"], report["sam2_gflop_per_frame"]
+    print(f"### {report['preset']} at {report['image_size']}², adapter {report['adapter']}: "
+          f"{report['parameters']['trainable']:,} trainable parameters\n")
+    print("| GFLOP per frame | learned | SAM2 (zero-shot) |\n|---|---|---|")
+    for stage in ("encoder", "memory_attention", "decoder", "memory_encoder"):
+        print(f"| {stage} | {learned[stage]:.2f} | {sam2[stage]:.2f} |")
+        if stage == "encoder":
+            for part, value in report["encoder_parts_gflop"].items():
+                print(f"| – {part} | {value:.2f} | |")
+    print(f"| **frame** | **{learned['total']:.2f}** ({report['learned_over_sam2']:.2f}× SAM2) | "
+          f"**{sam2['total']:.2f}** |")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.clip_length < 0:
         raise ValueError(f"--clip-length must be >= 0, got {args.clip_length}")
@@ -144,20 +187,21 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(model.adapter, "bypass_trunk"):
             raise ValueError(f"--through-frozen-trunk: adapter {model.config.adapter.kind!r} has no trunk bypass")
         model.adapter.bypass_trunk = False
-    flops = frame_flops(model)
+    flops, sam2 = frame_flops(model), frame_flops(model, zero_shot=True)
     report = {"preset": model.config.name, "image_size": model.config.image_size,
               "adapter": model.config.adapter.kind, "parameters": parameter_counts(model),
               "gflop_per_frame": {stage: value / 1e9 for stage, value in flops.items()},
+              "sam2_gflop_per_frame": {stage: value / 1e9 for stage, value in sam2.items()},
+              "encoder_parts_gflop": {part: value / 1e9 for part, value in encoder_parts(model).items()},
               "training": training_memory(model, args.clip_length) if args.clip_length else None}
     report["gflop_per_frame"]["total"] = sum(flops.values()) / 1e9
-    print(f"{model.config.name} {model.config.image_size}px, adapter {model.config.adapter.kind}: "
-          f"{report['parameters']['trainable']:,} trainable parameters")
-    for stage, value in report["gflop_per_frame"].items():
-        print(f"  {stage:<17} {value:10.3f} GFLOP/frame")
+    report["sam2_gflop_per_frame"]["total"] = sum(sam2.values()) / 1e9
+    report["learned_over_sam2"] = report["gflop_per_frame"]["total"] / report["sam2_gflop_per_frame"]["total"]
+    print_table(report)
     if report["training"]:
         training = report["training"]
         cuda = f", CUDA peak {training['cuda_peak_mib']:.0f} MiB" if training["cuda_peak_mib"] is not None else ""
-        print(f"  training clip of {args.clip_length} frames: {training['saved_for_backward_mib']:.1f} MiB "
+        print(f"\ntraining clip of {args.clip_length} frames: {training['saved_for_backward_mib']:.1f} MiB "
               f"saved for backward{cuda}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
