@@ -155,8 +155,10 @@ class ExpertGroup(nn.Module):
         """(B, H, W, C_in) -> (B, H, W, C_out)."""
         weights = self.router(x)  # (B, E)
         h = self.down(x).permute(0, 3, 1, 2)  # (B, E*r, H, W)
-        h = F.conv2d(h, self.conv.weight * self.kernel_mask, padding=self.conv.padding, groups=self.conv.groups)
-        h = F.gelu(h) * (weights @ self.spread)[:, :, None, None]  # (B, E*r, H, W)
+        # the masks are buffers, which an fp16 graph keeps in fp32: used in the weights' dtype
+        kernel = self.conv.weight * self.kernel_mask.to(self.conv.weight.dtype)
+        h = F.conv2d(h, kernel, padding=self.conv.padding, groups=self.conv.groups)
+        h = F.gelu(h) * (weights @ self.spread.to(weights.dtype))[:, :, None, None]  # (B, E*r, H, W)
         return self.up(h.permute(0, 2, 3, 1))
 
 
