@@ -3,7 +3,7 @@
 The levels are the decoder's inputs, finest first: stride 4 and 8 after SAM2's 32- and
 64-channel projections (conv_s0 / conv_s1 at hiera_t), stride 16 at the full 256. Fusing
 there, not on the 256-channel FPN levels, keeps M4-SAM's two gates and cuts their cost
-from 99 GFLOP at hiera_t 512² (77 of them at stride 4) to 2.7 (`m4sam flops`).
+from 99 GFLOP at hiera_t 512² (77 of them at stride 4) to 2.7 (`m4sam cost`).
 
 Per level a cross-modal gate picks, per pixel and channel, how much of each modality to
 keep: g = sigmoid(conv[F_rgb, F_d]); F = g * F_rgb + (1 - g) * F_d. A sample whose depth

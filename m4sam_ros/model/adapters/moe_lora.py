@@ -8,7 +8,7 @@ half to the depth experts (plus, optionally, every sample to shared experts); in
 group a per-sample router weights the experts. The routing (``adapters.base``) says what
 the batch holds: "pair", "rgb" or "off".
 
-Where this differs from the paper, and why (measured with ``m4sam flops``): the paper sends
+Where this differs from the paper, and why (measured with ``m4sam cost``): the paper sends
 depth through the whole trunk and fuses the 256-channel FPN levels, 2.45x SAM2's FLOPs per
 frame at hiera_t 512². Here depth runs only the first ``depth_stages`` stages (as a batch
 of two with RGB), RGB continues alone, a light head (``DepthLevels``) maps depth's stage
