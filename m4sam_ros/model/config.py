@@ -138,7 +138,7 @@ PRESETS: dict[str, M4SAMConfig] = {
     "test": M4SAMConfig(name="test", embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
                         window_spec=(8, 4, 2, 1), window_pos_embed_bkg_spatial_size=(4, 4),
                         d_model=32, mem_dim=16, memory_attention_layers=1, memory_attention_ffn=64,
-                        memory_fuser_layers=1, adapter=MoELoRAConfig(lora_rank=2)),
+                        memory_fuser_layers=1, adapter=MoELoRAConfig(lora_rank=2, depth_stages=3)),
 }
 
 
