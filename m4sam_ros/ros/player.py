@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -38,6 +39,7 @@ from m4sam_ros.ros.bag_player import BagPlayer
 from m4sam_ros.ros.conversions import image_msg, stamp_seconds
 
 FOLDER_RATE_HZ = 15.0
+FLUSH_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -94,6 +96,12 @@ class CameraPublishers:
             self.depth.publish(image_msg(header, depth, "16UC1" if depth.dtype == np.uint16 else "32FC1"))
         return stamp_seconds(header.stamp)
 
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until reliable subscribers have acknowledged everything published (at most
+        ``timeout_s`` each): a process that exits right after its last publish loses it."""
+        timeout = Duration(seconds=timeout_s)
+        return all([publisher.wait_for_all_acked(timeout) for publisher in (self.rgb, self.depth, self.info)])
+
 
 def synthetic_frames(width: int, height: int, frames: int, seed: int) -> Iterator[PlayerFrame]:
     from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
@@ -124,6 +132,7 @@ def play_bag(node: Node, args: argparse.Namespace) -> BagPlayer:
                        {"rgb": args.rgb_topic, "depth": args.depth_topic, "info": args.info_topic},
                        rate=args.rate, loop=args.loop, wait_for_subscribers=args.wait_for_subscribers)
     player.play()
+    camera.flush()
     return player
 
 
@@ -221,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             node = PlayerNode(args)
             while rclpy.ok() and not node.done:
                 rclpy.spin_once(node, timeout_sec=0.1)
+            node.camera.flush()
             node.get_logger().info(f"done: {node.published} frames published")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
