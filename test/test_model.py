@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 from sam2.modeling.backbones.hieradet import Hiera
+from sam2.modeling.backbones.utils import window_partition, window_unpartition
 
 from m4sam_ros.model import M4SAMConfig, build_m4sam, parameter_counts, preset_config
-from m4sam_ros.model.adapters import current_routing
+from m4sam_ros.model.adapters import current_routing, routing
 from m4sam_ros.model.adapters.fusion import GatedMultiLevelFusion
+from m4sam_ros.model.adapters.moe_lora import ExpertRouter, ModalityDispatcher
 from m4sam_ros.model.m4sam import TRAINABLE_PREFIXES, modality_dropout
-from m4sam_ros.model.adapters.moe_lora import ExpertRouter
 
 SIZE = 64
 
@@ -97,7 +98,7 @@ def test_dispatcher_sends_each_half_to_its_modality_group():
 
 def test_router_top_k_weights_sum_to_one():
     router = ExpertRouter(dim=16, num_experts=4, top_k=2)
-    weights = router(torch.randn(5, 6, 6, 16))  # (B, E)
+    weights = router(torch.randn(5, 16))  # pooled tokens (B, C) -> (B, E)
     assert weights.shape == (5, 4)
     assert torch.allclose(weights.sum(-1), torch.ones(5))
     assert ((weights > 0).sum(-1) == 2).all()
@@ -107,7 +108,7 @@ def test_router_top_k_weights_sum_to_one():
 def test_router_is_per_modality_and_per_sample(model):
     dispatcher = model.adapter.moe_lora[0]
     assert dispatcher.rgb.router is not dispatcher.depth.router
-    tokens = torch.randn(3, 16, 16, dispatcher.rgb.router.proj.in_features)
+    tokens = torch.randn(3, dispatcher.rgb.router.proj.in_features)  # pooled, one per sample
     w_rgb, w_depth = dispatcher.rgb.router(tokens), dispatcher.depth.router(tokens)
     assert w_rgb.shape == (3, model.config.adapter.experts_per_modality)
     assert not torch.allclose(w_rgb, w_depth)
@@ -116,9 +117,9 @@ def test_router_is_per_modality_and_per_sample(model):
 
 
 def _expert_by_expert(group, x: torch.Tensor) -> torch.Tensor:
-    """The mixture written out one expert at a time, each with its own k x k kernel: what the
-    batched group must compute."""
-    rank, weights = group.rank, group.router(x)
+    """One group's mixture on the full grid x (B, H, W, C), written out one expert at a time,
+    each with its own k x k kernel: what the batched dispatcher must add."""
+    rank, weights = group.rank, group.router(x.mean(dim=(1, 2)))
     out = torch.zeros(*x.shape[:3], group.up.out_features)
     for expert in range(weights.shape[1]):
         rows = slice(expert * rank, (expert + 1) * rank)
@@ -134,17 +135,35 @@ def _expert_by_expert(group, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("expert_conv", ["full", "depthwise"])
-def test_batched_experts_equal_the_expert_by_expert_mixture(expert_conv):
-    """Three batched ops per group compute exactly the per-expert mixture, each expert keeping
-    its own neighbourhood (kernel sizes 1, 3, 5 under one mask)."""
-    model = build_m4sam("test", image_size=SIZE, seed=0, expert_conv=expert_conv)
-    _perturb_trainable(model)  # also sets weights outside the masks: they must play no part
-    group = model.adapter.moe_lora[0].rgb
-    supports = [group.kernel_mask[e * group.rank, 0].sum().sqrt().item() for e in range(3)]
-    assert supports == [1.0, 3.0, 5.0]
-    x = torch.randn(2, 16, 16, group.down.in_features)
-    with torch.no_grad():
-        torch.testing.assert_close(group(x), _expert_by_expert(group, x), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("window_size, grid", [(0, 8), (4, 8), (4, 10)])
+def test_dispatcher_adds_the_expert_by_expert_mixture_of_each_half(expert_conv, window_size, grid):
+    """The batched dispatcher adds exactly the per-expert mixtures: RGB + shared experts on the
+    RGB half, depth + shared experts on the depth half (routing "rgb": RGB + shared on all),
+    each expert keeping its own neighbourhood (kernel sizes 1, 3, 5 under one mask), in a
+    global block and in windowed ones, padded windows included (grid 10, windows of 4)."""
+    config = preset_config("test", expert_conv=expert_conv).adapter
+    dispatcher = ModalityDispatcher(12, 36, window_size, grid, config)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # weights outside the kernel masks too: they must play no part
+        for p in dispatcher.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    group = dispatcher.rgb
+    assert [group.kernel_mask[e * group.rank, 0].sum().sqrt().item() for e in range(3)] == [1.0, 3.0, 5.0]
+    x, qkv = torch.randn(4, grid, grid, 12, generator=g), torch.randn(4, grid, grid, 36, generator=g)
+    mixture = {name: lambda t, name=name: _expert_by_expert(getattr(dispatcher, name), t)
+               for name in ("rgb", "depth", "shared")}
+    cases = {"pair": (x, torch.cat([mixture["rgb"](x[:2]) + mixture["shared"](x[:2]),
+                                    mixture["depth"](x[2:]) + mixture["shared"](x[2:])])),
+             "rgb": (x, mixture["rgb"](x) + mixture["shared"](x))}
+    for mode, (tokens, update) in cases.items():
+        with routing(mode), torch.no_grad():
+            if window_size:
+                windows, padded = window_partition(tokens, window_size)
+                out = dispatcher(windows, window_partition(qkv, window_size)[0])
+                out = window_unpartition(out, window_size, padded, (grid, grid))
+            else:
+                out = dispatcher(tokens, qkv.clone())
+        torch.testing.assert_close(out, qkv + update, rtol=1e-5, atol=1e-5, msg=mode)
 
 
 def test_depth_runs_only_the_early_stages():

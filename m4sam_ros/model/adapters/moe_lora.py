@@ -13,15 +13,17 @@ depth through the whole trunk and fuses the 256-channel FPN levels, 2.45x SAM2's
 frame at hiera_t 512². Here depth runs only the first ``depth_stages`` stages (as a batch
 of two with RGB), RGB continues alone, a light head (``DepthLevels``) maps depth's stage
 outputs to the widths SAM2's decoder reads, and the gated fusion works there
-(``fusion.py``). The experts of a group run as three batched operations, not one chain per
-expert: far fewer graph nodes for ONNX Runtime and TensorRT.
+(``fusion.py``). All experts a sample uses (its modality's and the shared ones) run as
+three batched operations per block, not one chain per expert: far fewer graph nodes for
+ONNX Runtime and TensorRT, and in PyTorch a sixth of the eager cost of per-group calls.
 
 The update is added by one forward hook on ``attn.qkv``, so the frozen SAM2 modules and
 their state-dict keys stay untouched and an official checkpoint loads strictly. The hook
 sees what ``qkv`` sees - the block's normalised tokens, in windows for windowed blocks -
-undoes the windowing (a pure reshape, the grid side is fixed by the model's input size),
-computes the update on the full grid and windows it back. Everything is tensor arithmetic
-with static shapes: no data-dependent branches, so the encoder exports to ONNX.
+projects them down, undoes the windowing of the narrow result (a pure reshape, the grid
+side is fixed by the model's input size), convolves on the full grid, windows it back and
+accumulates the up projection into qkv's output. Everything is tensor arithmetic with
+static shapes: no data-dependent branches, so the encoder exports to ONNX.
 """
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ class MoELoRAConfig(AdapterConfig):
 
 
 class ExpertRouter(nn.Module):
-    """Per-sample expert weights: softmax over pooled tokens, top-k kept and renormalised.
+    """Per-sample expert weights from the sample's pooled tokens: softmax, top-k kept and renormalised.
 
     Top-k keeps the weights at or above the k-th largest (not a Python loop over chosen
     experts), so all experts run and the graph is the same for every input.
@@ -110,8 +112,9 @@ class ExpertRouter(nn.Module):
         self.proj = nn.Linear(dim, num_experts)
         self.top_k = top_k
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.proj(x.mean(dim=(1, 2))).softmax(dim=-1)  # (B, E)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C) mean token of each sample -> (B, E)."""
+        weights = self.proj(pooled).softmax(dim=-1)
         if self.top_k < weights.shape[-1]:
             kth = weights.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
             weights = torch.where(weights >= kth, weights, torch.zeros_like(weights))
@@ -123,11 +126,11 @@ class ExpertGroup(nn.Module):
     """The conv-LoRA experts of one modality (or the shared ones) and their router.
 
     Expert e is down (C_in -> r) -> k_e x k_e conv on the token grid -> GELU -> up (r -> C_out),
-    weighted by the router. The E experts run as three batched operations: one down
-    projection to E*r channels, one grouped conv (group e = expert e; its k_e x k_e kernel
-    sits in the group's largest kernel under a fixed mask, so each expert keeps its own
-    neighbourhood), one up projection from the router-weighted E*r channels. ``up`` starts at
-    zero, so a fresh group adds exactly nothing.
+    weighted by the router. The E experts are one down projection to E*r channels, one
+    grouped conv (group e = expert e; its k_e x k_e kernel sits in the group's largest
+    kernel under a fixed mask, so each expert keeps its own neighbourhood) and one up
+    projection from the router-weighted E*r channels; the dispatcher runs the groups a
+    sample uses together. ``up`` starts at zero, so a fresh group adds exactly nothing.
     """
 
     def __init__(self, dim_in: int, dim_out: int, num_experts: int, config: MoELoRAConfig):
@@ -151,23 +154,32 @@ class ExpertGroup(nn.Module):
             self.conv.weight.mul_(mask)  # the stored weights are the ones in use
         self.rank = rank
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C_in) -> (B, H, W, C_out)."""
-        weights = self.router(x)  # (B, E)
-        h = self.down(x).permute(0, 3, 1, 2)  # (B, E*r, H, W)
-        # the masks are buffers, which an fp16 graph keeps in fp32: used in the weights' dtype
+    def channel_weights(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C_in) pooled tokens -> (B, E*r): each expert's router weight on its r channels."""
+        weights = self.router(pooled)
+        return weights @ self.spread.to(weights.dtype)
+
+    def kernel(self, size: int) -> torch.Tensor:
+        """The experts' masked conv weight, zero-padded to ``size`` x ``size`` (the same conv)."""
+        # the mask is a buffer, which an fp16 graph keeps in fp32: used in the weights' dtype
         kernel = self.conv.weight * self.kernel_mask.to(self.conv.weight.dtype)
-        h = F.conv2d(h, kernel, padding=self.conv.padding, groups=self.conv.groups)
-        h = F.gelu(h) * (weights @ self.spread.to(weights.dtype))[:, :, None, None]  # (B, E*r, H, W)
-        return self.up(h.permute(0, 2, 3, 1))
+        pad = (size - kernel.shape[-1]) // 2
+        return F.pad(kernel, (pad, pad, pad, pad)) if pad else kernel
 
 
 class ModalityDispatcher(nn.Module):
     """MoE-LoRA update of one Hiera block's qkv.
 
-    Routing "pair": the batch is (2B, H, W, C_in), the first half goes to the RGB experts,
-    the second half to the depth experts; "rgb": the batch is B RGB samples, all to the RGB
-    experts; "off": no update. Shared experts see every sample.
+    Routing "pair": the batch is 2B samples, the first B go to the RGB experts, the last B
+    to the depth experts; "rgb": the batch is B RGB samples, all to the RGB experts; "off":
+    no update. Shared experts see every sample.
+
+    The batch is split into *segments* (pair: RGB, depth; rgb: one), each with its own
+    experts, and a segment's groups run as one: down projections as one batched matmul, the
+    convs as one grouped conv (segments folded into channels), and the up projections as one
+    batched matmul accumulated into qkv's output in place. Linear maps commute with the
+    windowing, so only the narrow E*r-channel bottleneck is moved between the block's
+    windows and the full grid the conv needs; the wide qkv output is written once.
     """
 
     def __init__(self, dim_in: int, dim_out: int, window_size: int, grid: int, config: MoELoRAConfig):
@@ -181,31 +193,61 @@ class ModalityDispatcher(nn.Module):
         padded = -(-grid // window_size) * window_size if window_size > 0 else grid
         self.padded = (padded, padded)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(2B | B, H, W, C_in) tokens on the full grid -> their update (same batch, C_out)."""
-        if current_routing() == "rgb":
-            update = self.rgb(x)
-        else:
-            if x.shape[0] % 2:  # a shape, not a value: static under tracing
-                raise ValueError(f"MoE-LoRA pair routing needs B RGB + B depth samples, got a batch of {x.shape[0]}; "
-                                 "encode one modality with M4SAM.encode_rgb or encode_sam2")
-            half = x.shape[0] // 2
-            update = torch.cat([self.rgb(x[:half]), self.depth(x[half:])], dim=0)  # (2B, H, W, C_out)
-        if self.shared is not None:
-            update = update + self.shared(x)
-        return update * self.scale
+    def segments(self, routing: str) -> list[list[ExpertGroup]]:
+        """The expert groups of each segment of the batch under ``routing`` ("pair" or "rgb")."""
+        shared = [self.shared] if self.shared is not None else []
+        if routing == "rgb":
+            return [[self.rgb, *shared]]
+        return [[self.rgb, *shared], [self.depth, *shared]]
+
+    def forward(self, tokens: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        """Add the update to ``qkv`` in place and return it. ``tokens`` (C_in) and ``qkv``
+        (C_out) in the block's layout: (B * windows, ws, ws, C) in a windowed block (zero
+        padding included), else (B, H, W, C)."""
+        segments = self.segments(current_routing())
+        count, (height, width) = len(segments), self.grid
+        windows = (self.padded[0] // self.window_size) ** 2 if self.window_size > 0 else 1
+        batch = tokens.shape[0] // windows  # shapes, not values: static under tracing
+        if batch % count:
+            raise ValueError(f"MoE-LoRA pair routing needs B RGB + B depth samples, got a batch of {batch}; "
+                             "encode one modality with M4SAM.encode_rgb or encode_sam2")
+        dim_in, per_segment = tokens.shape[-1], batch // count
+        # routers: each sample's mean token (padding is zero), summed in fp32 (an fp16 sum overflows)
+        pooled = (tokens.reshape(count, per_segment, -1, dim_in).float().sum(2) / (height * width)).to(tokens.dtype)
+        weights = torch.stack([torch.cat([g.channel_weights(p) for g in groups], dim=1)
+                               for groups, p in zip(segments, pooled)])  # (S, B, K)
+        down = torch.stack([torch.cat([g.down.weight for g in groups]) for groups in segments])  # (S, K, C_in)
+        up = torch.stack([torch.cat([g.up.weight for g in groups], dim=1) for groups in segments])  # (S, C_out, K)
+        size = max(g.conv.kernel_size[0] for g in segments[0])
+        kernel = torch.cat([g.kernel(size) for groups in segments for g in groups])  # (S*K, K_in, k, k)
+        conv_groups = sum(g.conv.groups for groups in segments for g in groups)
+        channels = down.shape[1]
+
+        h = torch.bmm(tokens.reshape(count, -1, dim_in), down.transpose(1, 2))  # (S, N, K)
+        if self.window_size > 0:
+            h = window_unpartition(h.reshape(-1, self.window_size, self.window_size, channels), self.window_size,
+                                   self.padded, self.grid)
+        h = h.reshape(count, per_segment, height, width, channels).permute(1, 0, 4, 2, 3)
+        h = F.conv2d(h.reshape(per_segment, count * channels, height, width), kernel, padding=size // 2,
+                     groups=conv_groups)
+        h = F.gelu(h) * weights.to(h.dtype).transpose(0, 1).reshape(per_segment, -1)[:, :, None, None]
+        h = h.reshape(per_segment, count, channels, height, width).permute(1, 0, 3, 4, 2)
+        h = h.reshape(batch, height, width, channels)
+        if self.window_size > 0:
+            h, _ = window_partition(h, self.window_size)
+        # in place: a fresh tensor of qkv's size costs more than the update (page faults on CPU);
+        # in qkv's dtype, which autocast would not keep for an in-place op; and the traced graph
+        # must read the op's result, not the mutated view
+        with torch.autocast(qkv.device.type, enabled=False):
+            out = qkv.view(count, -1, qkv.shape[-1]).baddbmm_(
+                h.reshape(count, -1, channels).to(qkv.dtype), up.transpose(1, 2).to(qkv.dtype), alpha=self.scale)
+        return out.view_as(qkv)
 
     def on_qkv(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook of ``attn.qkv``: add the update computed on the full token grid."""
+        """Forward hook of ``attn.qkv``: its input tokens and output, in the block's layout."""
         if current_routing() == "off":
             return output
-        tokens = inputs[0]  # (B, H, W, C) or, in a windowed block, (B * windows, ws, ws, C)
-        if self.window_size > 0:
-            tokens = window_unpartition(tokens, self.window_size, self.padded, self.grid).contiguous()
-            update, _ = window_partition(self(tokens), self.window_size)
-        else:
-            update = self(tokens)
-        return output + update
+        return self(inputs[0], output)
 
 
 class DepthLevels(nn.Module):
