@@ -421,6 +421,7 @@ def _spin(node: Node, seconds: float, until=lambda: False) -> None:
         rclpy.spin_once(node, timeout_sec=0.05)
 
 
+@pytest.mark.slow
 def test_player_refuses_missing_topics_listing_the_bags(raw_mcap: Recording) -> None:
     result = subprocess.run([sys.executable, "-m", "m4sam_ros.ros.player", "--bag", str(raw_mcap.path),
                              "--depth-topic", "/camera/depth/image_rect_raw"], capture_output=True, text=True,
@@ -430,6 +431,7 @@ def test_player_refuses_missing_topics_listing_the_bags(raw_mcap: Recording) -> 
     assert REALSENSE_TOPICS["depth"] in result.stderr and "sensor_msgs/msg/Image" in result.stderr
 
 
+@pytest.mark.slow
 def test_player_republishes_recorded_stamps_decoded_at_the_recorded_pace(tmp_path: Path) -> None:
     rec = write_recording(tmp_path / "bag", "sqlite3", colour="jpeg", depth="compressedDepth")
     rclpy.init()
@@ -463,6 +465,7 @@ def test_player_republishes_recorded_stamps_decoded_at_the_recorded_pace(tmp_pat
     assert 0.5 * recorded / 2.0 < span < recorded, f"--rate 2: {span:.2f} s for {recorded:.2f} s recorded"
 
 
+@pytest.mark.slow
 def test_player_loops_with_the_recorded_stamps(tmp_path: Path) -> None:
     rec = write_recording(tmp_path / "bag", "mcap", frames=4)
     rclpy.init()

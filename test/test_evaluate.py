@@ -147,7 +147,8 @@ def test_cli_defaults_follow_the_adapters_own_config(videos, tmp_path):
 @pytest.mark.slow
 def test_first_mask_evaluation_on_held_out_rendered_scenes(tmp_path):
     """The zero-shot initialisation scored alone on rendered val scenes (unseen objects and
-    layouts): the RGB-D candidates beat the depth/centre prior by a margin."""
+    layouts): the RGB-D candidates beat the depth/centre prior by a margin and reach the
+    target of S 0.75 (no SAM2 refinement here: geometry alone)."""
     from m4sam_ros.learn.scenes.generate import SceneConfig, write_dataset
 
     write_dataset(SceneConfig(out=str(tmp_path / "val"), split="val", videos=16, frames=2, width=160, height=120,
@@ -158,6 +159,7 @@ def test_first_mask_evaluation_on_held_out_rendered_scenes(tmp_path):
     result = json.loads((out / "metrics_first_mask.json").read_text())
     assert result["frames"] >= 14 and sum(result["rules"].values()) == result["frames"]
     assert result["initial_mask"]["s_measure"] > result["prior"]["s_measure"] + 0.05, result
+    assert result["initial_mask"]["s_measure"] >= 0.75, result
 
 
 @pytest.mark.slow

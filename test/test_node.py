@@ -399,6 +399,33 @@ def test_startup_errors_are_clear_and_exit_nonzero(log_dir):
             process.kill()
 
 
+def test_weights_that_overflow_give_no_masks_and_an_error_in_diagnostics(ros, log_dir):
+    """Finite weights can still overflow: every frame's output is then NaN/inf. The node publishes
+    nothing from it, counts it, reports ERROR (not healthy) and keeps serving."""
+    from m4sam_ros.model.checkpoint import save_adapter
+    from m4sam_ros.model.m4sam import build_m4sam
+
+    model = build_m4sam("test", image_size=64)
+    with torch.no_grad():
+        for dispatcher in model.adapter.moe_lora:
+            dispatcher.rgb.up.weight.fill_(3e38)  # finite, so it loads; the first block's update overflows
+    adapter = save_adapter(model, log_dir / "overflowing_adapter.pt")
+    namespace = "/overflow"
+    process = NodeProcess(log_dir, namespace, *TEST_MODEL, f"model.adapter:={adapter}", "diagnostics.period:=0.5")
+    probe = Probe(ros, namespace)
+    camera = SyntheticCamera(ros, namespace, QoSProfile(depth=5))
+    try:
+        report = probe.wait_diag(lambda d: int(d.get("problems.nonfinite_output", 0)) >= 3, 60,
+                                 "non-finite outputs counted")
+        assert report["level"] == 2 and "not finite" in report["message"], report
+        assert probe.mask.last() is None, "a mask was published from a non-finite output"
+        assert process.alive(), f"node died:\n{process.output()[-3000:]}"
+        assert "not finite" in process.output()
+    finally:
+        camera.stop()
+        process.kill()
+
+
 @pytest.mark.parametrize("sig,reliable", [(signal.SIGINT, False), (signal.SIGTERM, True)],
                          ids=["SIGINT-best_effort", "SIGTERM-reliable"])
 def test_qos_hints_and_clean_shutdown_during_inference(ros, log_dir, sig, reliable):

@@ -48,3 +48,18 @@ def test_monitor_rates_levels_and_problems():
         monitor.rgb.tick()
     status = monitor.status(name="n", hardware_id="cpu", rgb_only=True, extra={}, hints=[])
     assert status.level == DiagnosticStatus.WARN and status.message.startswith("RGB-only")
+
+
+def test_non_finite_output_is_an_error_until_a_good_frame():
+    clock = ManualClock()
+    monitor = PipelineMonitor(clock=clock)
+    for _ in range(31):
+        monitor.rgb.tick()
+        clock.now += 1 / 30
+    monitor.record_result(inference_ms=20.0, age_s=0.05, memory_frames=3, used_depth=True,
+                          reinitialized=None, overlay=False)
+    healthy = dict(name="n", hardware_id="cpu", rgb_only=False, extra={}, hints=[])
+    assert monitor.status(**healthy).level == DiagnosticStatus.OK
+    status = monitor.status(**healthy, nonfinite=True)
+    assert status.level == DiagnosticStatus.ERROR and "not finite" in status.message
+    assert monitor.status(**healthy, nonfinite=False).level == DiagnosticStatus.OK
