@@ -216,12 +216,8 @@ class ModalityDispatcher(nn.Module):
         pooled = (tokens.reshape(count, per_segment, -1, dim_in).float().sum(2) / (height * width)).to(tokens.dtype)
         weights = torch.stack([torch.cat([g.channel_weights(p) for g in groups], dim=1)
                                for groups, p in zip(segments, pooled)])  # (S, B, K)
-        down = torch.stack([torch.cat([g.down.weight for g in groups]) for groups in segments])  # (S, K, C_in)
-        up = torch.stack([torch.cat([g.up.weight for g in groups], dim=1) for groups in segments])  # (S, C_out, K)
-        size = max(g.conv.kernel_size[0] for g in segments[0])
-        kernel = torch.cat([g.kernel(size) for groups in segments for g in groups])  # (S*K, K_in, k, k)
-        conv_groups = sum(g.conv.groups for groups in segments for g in groups)
-        channels = down.shape[1]
+        down, kernel, conv_groups, up = self._packed(segments)
+        channels, size = down.shape[1], kernel.shape[-1]
 
         h = torch.bmm(tokens.reshape(count, -1, dim_in), down.transpose(1, 2))  # (S, N, K)
         if self.window_size > 0:
@@ -242,6 +238,16 @@ class ModalityDispatcher(nn.Module):
             out = qkv.view(count, -1, qkv.shape[-1]).baddbmm_(
                 h.reshape(count, -1, channels).to(qkv.dtype), up.transpose(1, 2).to(qkv.dtype), alpha=self.scale)
         return out.view_as(qkv)
+
+    @staticmethod
+    def _packed(segments: list[list[ExpertGroup]]) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """Each segment's groups as one: down (S, K, C_in), the conv kernel (S*K, K_in, k, k) with
+        its group count, up (S, C_out, K); K = the segment's expert channels."""
+        down = torch.stack([torch.cat([g.down.weight for g in groups]) for groups in segments])
+        up = torch.stack([torch.cat([g.up.weight for g in groups], dim=1) for groups in segments])
+        size = max(g.conv.kernel_size[0] for g in segments[0])
+        kernel = torch.cat([g.kernel(size) for groups in segments for g in groups])
+        return down, kernel, sum(g.conv.groups for groups in segments for g in groups), up
 
     def on_qkv(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         """Forward hook of ``attn.qkv``: its input tokens and output, in the block's layout."""
