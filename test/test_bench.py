@@ -40,13 +40,13 @@ def test_bench_reports_stages_fps_memory_peer_and_scaling(tmp_path, capsys):
     assert ours["state_mib_per_frame"][-1] == ours["state_mib_per_frame"][17]
     assert peer["state_mib_per_frame"][-1] > peer["state_mib_per_frame"][17] > peer["state_mib_per_frame"][1]
     assert report["ratio"]["fps"] == pytest.approx(ours["fps"] / peer["fps"])
-    assert "M4-SAM / SAM2: FPS ratio" in capsys.readouterr().out
+    assert "ours / SAM2: FPS ratio" in capsys.readouterr().out
 
 
 def test_bench_runs_the_sam_daq_variant_with_its_constant_query_state(tmp_path):
     report = _run(tmp_path, "--adapter-kind", "sam_daq", "--mode", "learned", "--no-peer")
     ours = report["m4sam"]
-    assert report["config"]["adapter"] == "sam_daq" and "learned (sam_daq, " in ours["name"]
+    assert report["config"]["adapter"] == "sam_daq" and ours["name"].startswith("SAM-DAQ learned (")
     assert len(set(ours["state_mib_per_frame"])) == 1  # one query tensor from the first frame on
 
 

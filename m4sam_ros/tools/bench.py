@@ -290,7 +290,7 @@ def print_summary(report: dict) -> None:
         print(f"parity over {parity['frames']} frames against {parity['reference']}: max |probability difference| "
               f"{parity['max_abs_probability']:.2e}, lowest mask IoU {parity['min_mask_iou']:.4f}")
     if report["ratio"]:
-        print(f"\nM4-SAM / SAM2: FPS ratio {report['ratio']['fps']:.2f}, "
+        print(f"\nours / SAM2: FPS ratio {report['ratio']['fps']:.2f}, "
               f"tracking-state ratio at frame {report['ratio']['state_at_frame']}: {report['ratio']['state']:.3f}")
     for point in report["memory_sweep"] or []:
         print(f"num_memory_frames {point['num_memory_frames']}: memory attention median "
@@ -379,8 +379,8 @@ def run(args: argparse.Namespace) -> int:
                               memory_attention=engines.memory_attention)
     parity = (measure_parity(model, config, engines, list(camera_frames(args.parity_frames, width, height, args.seed)))
               if args.parity_frames else None)
-    variant = f"{model.config.adapter.kind}, " if tracker.mode == "learned" else ""  # which adapter learned mode runs
-    ours = M4SAMRunner(tracker, f"M4-SAM {tracker.mode} ({variant}{engines.encoder.describe()})")
+    name = f"{model.adapter.method} learned" if tracker.mode == "learned" else "zero-shot SAM2 tracker"
+    ours = M4SAMRunner(tracker, f"{name} ({engines.encoder.describe()})")
     others = sorted(set(args.sweep_memory_frames) - {args.num_memory_frames})
     sweep = _sweep_runners(model, engines, settings, config, others, device)
     runners = [ours, *sweep.values()]

@@ -111,6 +111,7 @@ class Adapter(nn.Module, ABC):
     """A trainable RGB-D adapter of the frozen SAM2 (see the module docstring)."""
 
     kind: ClassVar[str]
+    method: ClassVar[str]  # the method's name in the literature, for reports ("M4-SAM", "SAM-DAQ")
     config_type: ClassVar[type[AdapterConfig]]
     memory: ClassVar[str] = "sam2"  # temporal memory of learned mode: "sam2" = SAM2's memory bank
 

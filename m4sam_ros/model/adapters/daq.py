@@ -122,6 +122,7 @@ class SAMDAQ(Adapter):
     QTM's parameters; learned mode streams with QTM (``memory = "queries"``)."""
 
     kind = SAMDAQConfig.kind
+    method = "SAM-DAQ"
     config_type = SAMDAQConfig
     memory = "queries"
 

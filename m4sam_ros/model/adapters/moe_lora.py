@@ -278,6 +278,7 @@ class MoELoRA(Adapter):
     """One dispatcher per Hiera block, the depth branch's head and the gated fusion."""
 
     kind = MoELoRAConfig.kind
+    method = "M4-SAM"
     config_type = MoELoRAConfig
 
     def __init__(self, config: MoELoRAConfig, geometry: TrunkGeometry):
