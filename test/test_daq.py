@@ -275,7 +275,7 @@ def test_packaged_demo_weights_are_the_variant_and_track_a_generated_stream():
     tracker = SaliencyTracker.from_settings(sam2_checkpoint=str(data / "daq_demo_sam2.pt"),
                                             adapter=str(data / "daq_demo_adapter.pt"), config=TrackerConfig())
     assert tracker.mode == "learned" and isinstance(tracker.model.adapter, SAMDAQ)
-    assert tracker.model.config.image_size == 128
+    assert tracker.model.config.image_size == 256
     frames = generate_video(SyntheticConfig(height=120, width=160, frames=8, seed=7))
     errors = [np.abs(tracker.step(f.rgb, f.depth_mm, i / 30.0, f.intrinsics).probability - (f.gt > 0)).mean()
               for i, f in enumerate(frames)]

@@ -134,14 +134,14 @@ def test_help_documents_every_flag(capsys):
 
 
 def test_cli_defaults_follow_the_adapters_own_config(videos, tmp_path):
-    """The demo weights were trained at 128 px: without --preset/--image-size eval runs them there."""
+    """The demo weights were trained at 256 px: without --preset/--image-size eval runs them there."""
     from m4sam_ros.ros.demo import DEMO_WEIGHTS
 
     out = tmp_path / "demo"
     assert _cli(["--data", str(videos[0].path.parent), "--adapter", str(DEMO_WEIGHTS / "demo_adapter.pt"),
                  "--sam2-checkpoint", str(DEMO_WEIGHTS / "demo_sam2.pt"), "--out-dir", str(out), "--no-progress"]) == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
-    assert (settings["preset"], settings["image_size"], settings["mode"]) == ("test", 128, "learned")
+    assert (settings["preset"], settings["image_size"], settings["mode"]) == ("test", 256, "learned")
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def stream_outputs() -> dict[str, np.ndarray]:
     frames = list(generate_video(SyntheticConfig(height=48, width=64, frames=8, seed=7)))
     out = {}
     for mode, adapter in (("learned", DATA / "demo_adapter.pt"), ("zero_shot", None)):
-        tracker = SaliencyTracker.from_settings(preset="test", image_size=128, sam2_checkpoint=str(DATA / "demo_sam2.pt"),
+        tracker = SaliencyTracker.from_settings(preset="test", image_size=256, sam2_checkpoint=str(DATA / "demo_sam2.pt"),
                                                 adapter=str(adapter) if adapter else None, seed=0,
                                                 config=TrackerConfig(mode=mode))
         results = [tracker.step(f.rgb, None if i == DROPPED_DEPTH else f.depth_mm, i / 10.0, f.intrinsics)

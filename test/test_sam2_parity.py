@@ -42,8 +42,8 @@ def _stream(size: int, frames: int, seed: int) -> tuple[list, np.ndarray]:
 
 
 def test_demo_weights_reproduce_sam2s_video_predictor():
-    model = load_m4sam("test", 128, sam2_checkpoint=DATA / "demo_sam2.pt")  # SAM2 weights trained for the demo
-    frames, first_mask = _stream(128, 24, seed=4)
+    model = load_m4sam("test", 256, sam2_checkpoint=DATA / "demo_sam2.pt")  # SAM2 weights trained for the demo
+    frames, first_mask = _stream(256, 24, seed=4)
     deltas = _run_both(model, frames, first_mask)
     exact = model.max_obj_ptrs_in_encoder  # frames 0 .. 15: the bank holds what SAM2 attends to
     assert max(deltas[:exact]) <= TOLERANCE, deltas[:exact]
