@@ -90,9 +90,11 @@ def test_demo_runs_the_node_and_reports(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "masks received" in result.stdout
-    # The packaged demo weights (README: S 0.57 over this held-out scene's 60 frames; it finds the
-    # object and over-segments it into the gripper) must find the object, which chance does not.
-    s_measure = float(re.search(r"S-measure ([0-9.]+)", result.stdout).group(1))
-    assert s_measure > 0.5, result.stdout
+    # The packaged demo weights must find the object on this hard held-out scene (README: S 0.60
+    # over its 60 frames, 0.59 over these 20): above what S-measure gives a mask that finds
+    # nothing on the same frames (0.49).
+    s_measure, empty = (float(v) for v in re.search(r"S-measure ([0-9.]+), MAE [0-9.]+ \(an empty mask: "
+                                                    r"S-measure ([0-9.]+)\)", result.stdout).groups())
+    assert s_measure > empty + 0.05, result.stdout
     assert (tmp_path / "overlay_strip.png").stat().st_size > 0
     assert (tmp_path / "overlay.gif").stat().st_size > 0

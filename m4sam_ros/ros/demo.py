@@ -27,6 +27,7 @@ from sensor_msgs.msg import Image
 from tqdm import tqdm
 
 from m4sam_ros.learn.metrics import score_frames
+from m4sam_ros.model.checkpoint import read_adapter_config
 from m4sam_ros.msg import SalientObjectArray
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.ros.conversions import rgb_from_msg, stamp_seconds
@@ -59,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=120, help="image height of the stream")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic video (--source synthetic)")
     parser.add_argument("--preset", default="test", help="model preset for the node (model.preset)")
-    parser.add_argument("--image-size", type=int, default=128, help="model input size (model.image_size)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="model input size (model.image_size; default: what --adapter was trained at, else 128)")
     parser.add_argument("--sam2-checkpoint", default=str(DEMO_WEIGHTS / "demo_sam2.pt"),
                         help="SAM2 weights for the node (model.sam2_checkpoint); '' = random init")
     parser.add_argument("--adapter", default=str(DEMO_WEIGHTS / "demo_adapter.pt"),
@@ -116,7 +118,8 @@ def start_node(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
     def text(value: str) -> str:  # rcl reads a parameter override as YAML: an empty one must be quoted
         return value or "''"
 
-    ros_args = ["-p", f"model.preset:={args.preset}", "-p", f"model.image_size:={args.image_size}",
+    image_size = args.image_size or (read_adapter_config(args.adapter).image_size if args.adapter else 128)
+    ros_args = ["-p", f"model.preset:={args.preset}", "-p", f"model.image_size:={image_size}",
                 "-p", f"model.sam2_checkpoint:={text(args.sam2_checkpoint)}", "-p", f"model.adapter:={text(args.adapter)}",
                 "-p", f"engine.num_threads:={args.threads}"]
     command = [sys.executable, "-m", "m4sam_ros.ros.saliency_node", "--ros-args", *ros_args]
@@ -226,9 +229,12 @@ def report(frames: list[DemoFrame], stamps: list[float], rec: Recording, out: Pa
           f"p95 {np.percentile(ages_ms, 95):.0f} ms")
     print(f"[demo] objects per frame (median): {np.median(list(rec.objects.values()) or [0]):.0f}")
     if pairs:
-        scores = score_frames([p for p, _ in pairs], [g for _, g in pairs])
+        truths = [g for _, g in pairs]
+        scores = score_frames([p for p, _ in pairs], truths)
+        empty = score_frames([np.zeros_like(g) for g in truths], truths)  # what S gives for finding nothing
         print(f"[demo] accuracy on the {len(pairs)} frames with the object in view, vs ground truth: "
-              f"S-measure {scores['s_measure']:.3f}, MAE {scores['mae']:.3f}")
+              f"S-measure {scores['s_measure']:.3f}, MAE {scores['mae']:.3f} "
+              f"(an empty mask: S-measure {empty['s_measure']:.3f})")
     for path in write_pictures(frames, stamps, rec, out):
         print(f"[demo] wrote {path}")
     return 0
