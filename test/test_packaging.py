@@ -33,3 +33,10 @@ def test_package_xml_names_sam2_and_the_readme_route_skips_what_rosdep_cannot_in
     assert {"sam2", "python3-torch", "rclpy", "sensor_msgs"} <= exec_depends
     rosdep = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("rosdep install"))
     assert '--skip-keys "python3-torch sam2"' in rosdep
+
+
+def test_packaged_demo_weights_stay_within_the_size_budget():
+    """Both variants' demo weights ship in every checkout and wheel: 10 MB in all (README)."""
+    weights = sorted((ROOT / "m4sam_ros" / "data").glob("*.pt"))
+    assert {p.name for p in weights} == {"demo_sam2.pt", "demo_adapter.pt", "daq_demo_sam2.pt", "daq_demo_adapter.pt"}
+    assert sum(p.stat().st_size for p in weights) <= 10_000_000
