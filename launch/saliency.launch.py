@@ -31,8 +31,8 @@ ARGUMENTS = [
     ("preset", "", "model.preset override: hiera_t | hiera_s | hiera_b+ | hiera_l | test (empty: from config_file)"),
     ("sam2_checkpoint", "", "model.sam2_checkpoint override: path of the official SAM2.1 .pt file"),
     ("adapter", "", "model.adapter override: trained adapter weights (empty: zero-shot)"),
-    ("image_size", "", "model.image_size override: square model input, multiple of 32 (512 default; the test "
-                       "preset's demo weights: 128)"),
+    ("image_size", "", "model.image_size override: square model input, multiple of 32 (default 0: the "
+                       "adapter's trained size, 512 without an adapter)"),
     ("backend", "", "engine.backend override: auto | pytorch | onnxruntime | tensorrt"),
     ("device", "", "engine.device override: auto | cpu | cuda | cuda:N"),
     ("num_threads", "", "engine.num_threads override: torch CPU threads (lower it when other nodes share the CPU)"),

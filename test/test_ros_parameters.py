@@ -6,7 +6,10 @@ import yaml
 from rcl_interfaces.msg import ParameterType
 
 from helpers import CONFIG, ROOT
-from m4sam_ros.ros.parameters import PARAMETERS, NodeParameters, check, defaults, markdown_table
+from m4sam_ros.model import build_m4sam
+from m4sam_ros.model.checkpoint import save_adapter
+from m4sam_ros.ros.model_loader import build_tracker, model_image_size
+from m4sam_ros.ros.parameters import DEFAULT_IMAGE_SIZE, PARAMETERS, NodeParameters, check, defaults, markdown_table
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -50,3 +53,18 @@ def test_parameter_table_descriptors_and_checks():
     with pytest.raises(ValueError, match="missing parameters: mask_threshold"):
         NodeParameters.from_values({k: v for k, v in defaults().items() if k != "mask_threshold"})
     assert "`mask_threshold` | double | 0.5 |" in markdown_table()
+
+
+def test_image_size_zero_follows_the_adapter_and_builds_the_model_at_that_size(tmp_path):
+    """model.image_size 0 (the default) runs an adapter at the size it was trained at, and SAM2
+    alone at 512; a set size wins."""
+    adapter = save_adapter(build_m4sam("test", image_size=192), tmp_path / "adapter.pt")
+    values = dict(defaults(), **{"model.preset": "test", "model.adapter": str(adapter), "engine.backend": "pytorch"})
+    settings = NodeParameters.from_values(values)
+    assert settings.model.image_size == 0
+    tracker, description = build_tracker(settings)
+    assert tracker.model.config.image_size == 192 and " 192px learned" in description
+    without = NodeParameters.from_values(dict(values, **{"model.adapter": ""}))
+    assert model_image_size(without.model, None) == DEFAULT_IMAGE_SIZE == 512
+    chosen = NodeParameters.from_values(dict(values, **{"model.image_size": 128}))
+    assert model_image_size(chosen.model, adapter) == 128

@@ -16,8 +16,9 @@ from m4sam_ros.devices import resolve_device
 from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.engines.factory import EngineSettings, create_engines
 from m4sam_ros.model.builder import load_m4sam
+from m4sam_ros.model.checkpoint import read_adapter_config
 from m4sam_ros.postprocess import PostprocessConfig
-from m4sam_ros.ros.parameters import EngineParameters, ModelParameters, NodeParameters
+from m4sam_ros.ros.parameters import DEFAULT_IMAGE_SIZE, EngineParameters, ModelParameters, NodeParameters
 from m4sam_ros.tracker import SaliencyTracker, TrackerConfig, resolve_mode
 
 __all__ = ["CHECKPOINT_FILES", "StartupError", "build_tracker", "check_model_files", "postprocess_config",
@@ -82,9 +83,17 @@ def node_device(engine: EngineParameters) -> torch.device:
         raise StartupError(f"engine.device: {exc}") from None
 
 
-def tracker_config(settings: NodeParameters) -> TrackerConfig:
+def model_image_size(model: ModelParameters, adapter: Path | None) -> int:
+    """``model.image_size``, where 0 means the size the adapter was trained at (an adapter trained at
+    256 runs worse at 512), or ``DEFAULT_IMAGE_SIZE`` without an adapter."""
+    if model.image_size:
+        return model.image_size
+    return read_adapter_config(adapter).image_size if adapter else DEFAULT_IMAGE_SIZE
+
+
+def tracker_config(settings: NodeParameters, image_size: int) -> TrackerConfig:
     return TrackerConfig(
-        image_size=settings.model.image_size,
+        image_size=image_size,
         num_memory_frames=settings.tracker.num_memory_frames,
         gap_timeout_s=settings.tracker.gap_timeout_s,
         lost_score_threshold=settings.tracker.lost_score_threshold,
@@ -102,8 +111,9 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
         # fewer threads than cores: OpenMP barriers stall for seconds when the cores are oversubscribed
         torch.set_num_threads(settings.engine.num_threads)
     try:
-        config = tracker_config(settings)
-        model = load_m4sam(settings.model.preset, settings.model.image_size, sam2_checkpoint=checkpoint,
+        image_size = model_image_size(settings.model, adapter)
+        config = tracker_config(settings, image_size)
+        model = load_m4sam(settings.model.preset, image_size, sam2_checkpoint=checkpoint,
                            adapter=adapter, seed=settings.model.seed)
         mode = resolve_mode(config.mode, model)
         engines = create_engines(model, EngineSettings(
@@ -119,7 +129,7 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
         raise StartupError(f"cannot build the model: {exc}") from None
     choice = engines.choice
     variant = f" ({model.config.adapter.kind})" if tracker.mode == "learned" else ""  # which adapter learned mode runs
-    description = (f"{settings.model.preset} {settings.model.image_size}px {tracker.mode}{variant} on "
+    description = (f"{settings.model.preset} {image_size}px {tracker.mode}{variant} on "
                    f"{choice.backend}/{choice.device} {choice.precision}")
     return tracker, description
 

@@ -64,6 +64,7 @@ class ParameterSpec:
 
 
 PRESETS = tuple(MODEL_PRESETS)
+DEFAULT_IMAGE_SIZE = 512  # model.image_size 0 without an adapter: SAM2 at half its 1024, Jetson-sized
 BACKENDS = ("auto", *BACKEND_NAMES)
 PRECISIONS = ("auto", *RUNNABLE_PRECISIONS)
 
@@ -113,8 +114,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("model.adapter", "",
                   "Trained adapter weights (m4sam train); empty = zero-shot (SAM2 alone, see model.mode).",
                   read_only=True),
-    ParameterSpec("model.image_size", 512, "Square model input size in pixels (multiple of 32).",
-                  range=(64, 2048), step=32, read_only=True),
+    ParameterSpec("model.image_size", 0,
+                  "Square model input size in pixels (multiple of 32); 0 = what model.adapter was trained at, "
+                  f"{DEFAULT_IMAGE_SIZE} without an adapter.", range=(0, 2048), step=32, read_only=True),
     ParameterSpec("model.mode", "auto",
                   "auto: learned when model.adapter is set, else zero_shot: training-free SAM2 propagating an "
                   "RGB-D first mask (not the VSOD papers' 'zero-shot', which means no first-frame annotation).",
