@@ -14,7 +14,7 @@ from m4sam_ros.model import M4SAMConfig, build_m4sam, parameter_counts, preset_c
 from m4sam_ros.model.adapters import current_routing, routing
 from m4sam_ros.model.adapters.fusion import GatedMultiLevelFusion
 from m4sam_ros.model.adapters.moe_lora import ExpertRouter, ModalityDispatcher
-from m4sam_ros.model.m4sam import TRAINABLE_PREFIXES, modality_dropout
+from m4sam_ros.model.m4sam import M4SAM, TRAINABLE_PREFIXES, modality_dropout
 
 SIZE = 64
 
@@ -166,13 +166,16 @@ def test_dispatcher_adds_the_expert_by_expert_mixture_of_each_half(expert_conv, 
         torch.testing.assert_close(out, qkv + update, rtol=1e-5, atol=1e-5, msg=mode)
 
 
-def test_depth_runs_only_the_early_stages():
+@pytest.mark.parametrize("depth_stages", [1, 2, 3])
+def test_depth_runs_only_the_early_stages(depth_stages):
     """Depth enters the trunk's first ``depth_stages`` stages only: depth experts of later blocks
-    play no part, those of early blocks do, and the RGB path stays SAM2's trunk with RGB experts."""
-    model = build_m4sam("test", image_size=SIZE, seed=0)
+    play no part, those of early blocks do, and the RGB path stays SAM2's trunk with RGB experts.
+    Its head makes the levels it has no stage for, in the decoder's widths."""
+    model = M4SAM(preset_config("test", image_size=SIZE, depth_stages=depth_stages)).eval()
     _perturb_trainable(model)
     rgb, depth, present = _inputs(batch=1)
-    split = model.image_encoder.trunk.stage_ends[model.config.adapter.depth_stages - 1]
+    split = model.image_encoder.trunk.stage_ends[depth_stages - 1]
+    assert len(model.adapter.depth_levels.down) == 3 - depth_stages
     with torch.no_grad():
         before = model.encode(rgb, depth, present)
         for dispatcher in model.adapter.moe_lora[split + 1:]:

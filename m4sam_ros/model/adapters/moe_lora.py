@@ -11,9 +11,10 @@ the batch holds: "pair", "rgb" or "off".
 Where this differs from the paper, and why (measured with ``m4sam cost``): the paper sends
 depth through the whole trunk and fuses the 256-channel FPN levels, 2.45x SAM2's FLOPs per
 frame at hiera_t 512². Here depth runs only the first ``depth_stages`` stages (as a batch
-of two with RGB), RGB continues alone, a light head (``DepthLevels``) maps depth's stage
-outputs to the widths SAM2's decoder reads, and the gated fusion works there
-(``fusion.py``). All experts a sample uses (its modality's and the shared ones) run as
+of two with RGB; default one, 1.08x SAM2's FLOPs: a second stage added 60-80 ms of eager
+CPU time at hiera_t 512², which kept PyTorch under 0.8 of SAM2's speed), RGB continues alone, a light head
+(``DepthLevels``) maps depth's stage outputs to the widths SAM2's decoder reads, and the
+gated fusion works there (``fusion.py``). All experts a sample uses (its modality's and the shared ones) run as
 three batched operations per block, not one chain per expert: far fewer graph nodes for
 ONNX Runtime and TensorRT, and in PyTorch a sixth of the eager cost of per-group calls.
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 EXPERT_CONVS = ("full", "depthwise")
 FUSION_LEVELS = 3  # strides 4, 8, 16: what SAM2's decoder reads (its scalp=1 drops stride 32)
-DEPTH_STAGES = (2, 3)  # stage 1 alone is one or two blocks; stage 4 (stride 32) is never read
+DEPTH_STAGES = (1, 2, 3)  # stage 4 (stride 32) is never read by SAM2's decoder
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class MoELoRAConfig(AdapterConfig):
     so experts of one group see different neighbourhoods), expert_conv ("full" r->r conv or
     "depthwise"), router_top_k, shared_experts (0 = no shared group), lora_scale (multiplies
     the adapter update).
-    Depth branch: depth_stages, the Hiera stages depth runs through (2 or 3 of 4; stage 4 is
+    Depth branch: depth_stages, the Hiera stages depth runs through (1 to 3 of 4; stage 4 is
     stride 32, which SAM2's decoder never reads).
     Fusion: fusion_kernel_sizes per level (strides 4, 8, 16), fusion_gate_init_bias (the
     cross-modal gate starts at sigmoid(bias) toward RGB, the modality SAM2 was trained on),
@@ -70,7 +71,7 @@ class MoELoRAConfig(AdapterConfig):
     router_top_k: int = 2
     shared_experts: int = 1
     lora_scale: float = 1.0
-    depth_stages: int = 2
+    depth_stages: int = 1
     fusion_kernel_sizes: tuple[int, ...] = (3, 3, 1)
     fusion_gate_init_bias: float = 2.0
     topdown_gate_init_bias: float = -4.0
@@ -223,11 +224,12 @@ class ModalityDispatcher(nn.Module):
         if self.window_size > 0:
             h = window_unpartition(h.reshape(-1, self.window_size, self.window_size, channels), self.window_size,
                                    self.padded, self.grid)
-        h = h.reshape(count, per_segment, height, width, channels).permute(1, 0, 4, 2, 3)
-        h = F.conv2d(h.reshape(per_segment, count * channels, height, width), kernel, padding=size // 2,
-                     groups=conv_groups)
+        # channels last, a sample's segments side by side: a view unless the batch holds a pair
+        h = h.reshape(count, per_segment, height, width, channels).permute(1, 2, 3, 0, 4)
+        h = h.reshape(per_segment, height, width, count * channels).permute(0, 3, 1, 2)
+        h = F.conv2d(h, kernel, padding=size // 2, groups=conv_groups)  # keeps the channels-last layout
         h = F.gelu(h) * weights.to(h.dtype).transpose(0, 1).reshape(per_segment, -1)[:, :, None, None]
-        h = h.reshape(per_segment, count, channels, height, width).permute(1, 0, 3, 4, 2)
+        h = h.permute(0, 2, 3, 1).reshape(per_segment, height, width, count, channels).permute(3, 0, 1, 2, 4)
         h = h.reshape(batch, height, width, channels)
         if self.window_size > 0:
             h, _ = window_partition(h, self.window_size)
@@ -258,19 +260,24 @@ class ModalityDispatcher(nn.Module):
 
 class DepthLevels(nn.Module):
     """Depth's three feature levels from its stage outputs, in the widths SAM2's decoder reads:
-    a 1x1 projection of each stage output it has (stride 4, 8 and, with three stages, 16),
-    and for two stages a stride-2 3x3 conv of the stride-8 output as its stride-16 level."""
+    a 1x1 projection of each stage output it has (stride 4, then 8 and 16 with more stages),
+    and for each level beyond them a stride-2 3x3 conv of the level before (the last stage's
+    output for the first such level, its finer level's features after that)."""
 
     def __init__(self, stage_widths: list[int], decoder_widths: tuple[int, ...]):
         super().__init__()
         self.project = nn.ModuleList(nn.Conv2d(c_in, c_out, 1) for c_in, c_out in zip(stage_widths, decoder_widths))
-        self.down = (nn.Conv2d(stage_widths[-1], decoder_widths[-1], 3, stride=2, padding=1)
-                     if len(stage_widths) < len(decoder_widths) else None)
+        missing = range(len(stage_widths), len(decoder_widths))
+        self.down = nn.ModuleList(
+            nn.Conv2d(stage_widths[-1] if level == len(stage_widths) else decoder_widths[level - 1],
+                      decoder_widths[level], 3, stride=2, padding=1) for level in missing)
 
     def forward(self, stage_outputs: list[torch.Tensor]) -> list[torch.Tensor]:
         levels = [project(x) for project, x in zip(self.project, stage_outputs)]
-        if self.down is not None:
-            levels.append(self.down(stage_outputs[-1]))
+        coarser = stage_outputs[-1]
+        for down in self.down:
+            coarser = down(coarser)
+            levels.append(coarser)
         return levels
 
 
