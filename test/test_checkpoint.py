@@ -115,6 +115,23 @@ def test_adapter_round_trip(tmp_path):
     assert torch.equal(after, want)
 
 
+def test_two_stage_depth_head_of_earlier_files_loads_under_its_new_key(tmp_path):
+    """Adapter files written before the depth head became a chain name its one stride-16 conv
+    ``depth_levels.down``; they load as the first link, to the same numbers."""
+    trained = build_m4sam("test", image_size=SIZE, seed=0, depth_stages=2)
+    with torch.no_grad():
+        trained.adapter.depth_levels.down[0].weight.normal_()
+    path = save_adapter(trained, tmp_path / "adapter.pt")
+    payload = torch.load(path, weights_only=True)
+    for name in ("weight", "bias"):
+        payload["state_dict"][f"adapter.depth_levels.down.{name}"] = payload["state_dict"].pop(
+            f"adapter.depth_levels.down.0.{name}")
+    torch.save(payload, path)
+    fresh = build_m4sam("test", image_size=SIZE, seed=1, depth_stages=2)
+    load_adapter(fresh, path)
+    assert torch.equal(fresh.adapter.depth_levels.down[0].weight, trained.adapter.depth_levels.down[0].weight)
+
+
 def test_adapter_loads_at_another_image_size(tmp_path):
     path = save_adapter(build_m4sam("test", image_size=SIZE), tmp_path / "adapter.pt")
     load_adapter(build_m4sam("test", image_size=128), path)  # input size is a runtime setting

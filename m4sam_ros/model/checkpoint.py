@@ -28,6 +28,9 @@ ADAPTER_VERSION = 3
 _EARLIER_ENCODER = "M4-SAM's earlier encoder (depth through the whole trunk, fusion on the FPN levels)"
 _RETIRED = {(1, "moe_lora"): _EARLIER_ENCODER, (2, "moe_lora"): _EARLIER_ENCODER}
 _SHOW = 8  # keys named in an error message
+# keys renamed within a format version: M4-SAM's depth head kept its one stride-16 conv as
+# ``down`` until depth through one stage needed a chain of them
+_RENAMED = {f"adapter.depth_levels.down.{p}": f"adapter.depth_levels.down.0.{p}" for p in ("weight", "bias")}
 
 
 class CheckpointError(RuntimeError):
@@ -136,7 +139,7 @@ def _adapter_payload(path: Path) -> tuple[M4SAMConfig, dict]:
         raise CheckpointError(f"{path} holds an invalid model config: {error}") from error
     if not isinstance(payload.get("state_dict"), dict):
         raise CheckpointError(f"{path} has no 'state_dict' of adapter tensors")
-    return config, payload["state_dict"]
+    return config, {_RENAMED.get(key, key): value for key, value in payload["state_dict"].items()}
 
 
 def load_adapter(model: M4SAM, path: str | Path) -> None:

@@ -84,8 +84,8 @@ def node_device(engine: EngineParameters) -> torch.device:
 
 
 def model_image_size(model: ModelParameters, adapter: Path | None) -> int:
-    """``model.image_size``, where 0 means the size the adapter was trained at (an adapter trained at
-    256 runs worse at 512), or ``DEFAULT_IMAGE_SIZE`` without an adapter."""
+    """``model.image_size``, where 0 means the size the adapter was trained at (the size its
+    weights saw objects at), or ``DEFAULT_IMAGE_SIZE`` without an adapter."""
     if model.image_size:
         return model.image_size
     return read_adapter_config(adapter).image_size if adapter else DEFAULT_IMAGE_SIZE

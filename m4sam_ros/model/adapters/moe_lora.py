@@ -11,12 +11,13 @@ the batch holds: "pair", "rgb" or "off".
 Where this differs from the paper, and why (measured with ``m4sam cost``): the paper sends
 depth through the whole trunk and fuses the 256-channel FPN levels, 2.45x SAM2's FLOPs per
 frame at hiera_t 512². Here depth runs only the first ``depth_stages`` stages (as a batch
-of two with RGB; default one, 1.08x SAM2's FLOPs: a second stage added 60-80 ms of eager
-CPU time at hiera_t 512², which kept PyTorch under 0.8 of SAM2's speed), RGB continues alone, a light head
-(``DepthLevels``) maps depth's stage outputs to the widths SAM2's decoder reads, and the
-gated fusion works there (``fusion.py``). All experts a sample uses (its modality's and the shared ones) run as
-three batched operations per block, not one chain per expert: far fewer graph nodes for
-ONNX Runtime and TensorRT, and in PyTorch a sixth of the eager cost of per-group calls.
+of two with RGB; by default one, 1.08x SAM2's FLOPs: a second stage added 60-80 ms of eager
+CPU time at hiera_t 512², which kept PyTorch under 0.8 of SAM2's speed), RGB continues
+alone, a light head (``DepthLevels``) maps depth's stage outputs to the widths SAM2's
+decoder reads, and the gated fusion works there (``fusion.py``). All experts a sample uses
+(its modality's and the shared ones) run as three batched operations per block, not one
+chain per expert: far fewer graph nodes for ONNX Runtime and TensorRT, and in PyTorch a
+sixth of the eager cost of per-group calls.
 
 The update is added by one forward hook on ``attn.qkv``, so the frozen SAM2 modules and
 their state-dict keys stay untouched and an official checkpoint loads strictly. The hook
