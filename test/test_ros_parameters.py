@@ -8,8 +8,9 @@ from rcl_interfaces.msg import ParameterType
 from helpers import CONFIG, ROOT
 from m4sam_ros.model import build_m4sam
 from m4sam_ros.model.checkpoint import save_adapter
-from m4sam_ros.ros.model_loader import build_tracker, model_image_size
-from m4sam_ros.ros.parameters import DEFAULT_IMAGE_SIZE, PARAMETERS, NodeParameters, check, defaults, markdown_table
+from m4sam_ros.ros.model_loader import build_tracker
+from m4sam_ros.model.builder import DEFAULT_IMAGE_SIZE
+from m4sam_ros.ros.parameters import PARAMETERS, NodeParameters, check, defaults, markdown_table
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -64,7 +65,7 @@ def test_image_size_zero_follows_the_adapter_and_builds_the_model_at_that_size(t
     assert settings.model.image_size == 0
     tracker, description = build_tracker(settings)
     assert tracker.model.config.image_size == 192 and " 192px learned" in description
-    without = NodeParameters.from_values(dict(values, **{"model.adapter": ""}))
-    assert model_image_size(without.model, None) == DEFAULT_IMAGE_SIZE == 512
-    chosen = NodeParameters.from_values(dict(values, **{"model.image_size": 128}))
-    assert model_image_size(chosen.model, adapter) == 128
+    _, description = build_tracker(NodeParameters.from_values(dict(values, **{"model.image_size": 128})))
+    assert " 128px learned" in description  # a set size wins
+    _, description = build_tracker(NodeParameters.from_values(dict(values, **{"model.adapter": ""})))
+    assert f" {DEFAULT_IMAGE_SIZE}px zero_shot" in description and DEFAULT_IMAGE_SIZE == 512

@@ -16,9 +16,8 @@ from m4sam_ros.devices import resolve_device
 from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.engines.factory import EngineSettings, create_engines
 from m4sam_ros.model.builder import load_m4sam
-from m4sam_ros.model.checkpoint import read_adapter_config
 from m4sam_ros.postprocess import PostprocessConfig
-from m4sam_ros.ros.parameters import DEFAULT_IMAGE_SIZE, EngineParameters, ModelParameters, NodeParameters
+from m4sam_ros.ros.parameters import EngineParameters, ModelParameters, NodeParameters
 from m4sam_ros.tracker import SaliencyTracker, TrackerConfig, resolve_mode
 
 __all__ = ["CHECKPOINT_FILES", "StartupError", "build_tracker", "check_model_files", "postprocess_config",
@@ -83,14 +82,6 @@ def node_device(engine: EngineParameters) -> torch.device:
         raise StartupError(f"engine.device: {exc}") from None
 
 
-def model_image_size(model: ModelParameters, adapter: Path | None) -> int:
-    """``model.image_size``, where 0 means the size the adapter was trained at (the size its
-    weights saw objects at), or ``DEFAULT_IMAGE_SIZE`` without an adapter."""
-    if model.image_size:
-        return model.image_size
-    return read_adapter_config(adapter).image_size if adapter else DEFAULT_IMAGE_SIZE
-
-
 def tracker_config(settings: NodeParameters, image_size: int) -> TrackerConfig:
     return TrackerConfig(
         image_size=image_size,
@@ -111,10 +102,11 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
         # fewer threads than cores: OpenMP barriers stall for seconds when the cores are oversubscribed
         torch.set_num_threads(settings.engine.num_threads)
     try:
-        image_size = model_image_size(settings.model, adapter)
-        config = tracker_config(settings, image_size)
-        model = load_m4sam(settings.model.preset, image_size, sam2_checkpoint=checkpoint,
+        # image_size 0: load_m4sam's default, the adapter's trained size (512 without one)
+        model = load_m4sam(settings.model.preset, settings.model.image_size or None, sam2_checkpoint=checkpoint,
                            adapter=adapter, seed=settings.model.seed)
+        image_size = model.config.image_size
+        config = tracker_config(settings, image_size)
         mode = resolve_mode(config.mode, model)
         engines = create_engines(model, EngineSettings(
             backend=settings.engine.backend, device=str(device), precision=settings.engine.precision,

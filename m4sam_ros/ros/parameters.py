@@ -20,6 +20,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.node import Node
 
 from m4sam_ros.engines.backends import BACKEND_NAMES, RUNNABLE_PRECISIONS
+from m4sam_ros.model.builder import DEFAULT_IMAGE_SIZE
 from m4sam_ros.model.config import PRESETS as MODEL_PRESETS
 from m4sam_ros.ros.qos import RELIABILITIES
 from m4sam_ros.tracker import MODES
@@ -64,7 +65,6 @@ class ParameterSpec:
 
 
 PRESETS = tuple(MODEL_PRESETS)
-DEFAULT_IMAGE_SIZE = 512  # model.image_size 0 without an adapter: SAM2 at half its 1024, Jetson-sized
 BACKENDS = ("auto", *BACKEND_NAMES)
 PRECISIONS = ("auto", *RUNNABLE_PRECISIONS)
 
