@@ -27,7 +27,6 @@ from sensor_msgs.msg import Image
 from tqdm import tqdm
 
 from m4sam_ros.learn.metrics import score_frames
-from m4sam_ros.model.checkpoint import read_adapter_config
 from m4sam_ros.msg import SalientObjectArray
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.ros.conversions import rgb_from_msg, stamp_seconds
@@ -61,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic video (--source synthetic)")
     parser.add_argument("--preset", default="test", help="model preset for the node (model.preset)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="model input size (model.image_size; default: what --adapter was trained at, else 128)")
+                        help="model input size (model.image_size; default: the node's, what --adapter was trained at; 128 without one)")
     parser.add_argument("--sam2-checkpoint", default=str(DEMO_WEIGHTS / "demo_sam2.pt"),
                         help="SAM2 weights for the node (model.sam2_checkpoint); '' = random init")
     parser.add_argument("--adapter", default=str(DEMO_WEIGHTS / "demo_adapter.pt"),
@@ -118,7 +117,8 @@ def start_node(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
     def text(value: str) -> str:  # rcl reads a parameter override as YAML: an empty one must be quoted
         return value or "''"
 
-    image_size = args.image_size or (read_adapter_config(args.adapter).image_size if args.adapter else 128)
+    # 0: the node's own default, the adapter's trained size; a random model runs small
+    image_size = args.image_size or (0 if args.adapter else 128)
     ros_args = ["-p", f"model.preset:={args.preset}", "-p", f"model.image_size:={image_size}",
                 "-p", f"model.sam2_checkpoint:={text(args.sam2_checkpoint)}", "-p", f"model.adapter:={text(args.adapter)}",
                 "-p", f"engine.num_threads:={args.threads}"]
