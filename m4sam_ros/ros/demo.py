@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic video (--source synthetic)")
     parser.add_argument("--preset", default="test", help="model preset for the node (model.preset)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="model input size (model.image_size; default: the node's, what --adapter was trained at; 128 without one)")
+                        help="model input size (model.image_size; default: the node's, what --adapter was "
+                             "trained at; 128 without one)")
     parser.add_argument("--sam2-checkpoint", default=str(DEMO_WEIGHTS / "demo_sam2.pt"),
                         help="SAM2 weights for the node (model.sam2_checkpoint); '' = random init")
     parser.add_argument("--adapter", default=str(DEMO_WEIGHTS / "demo_adapter.pt"),
