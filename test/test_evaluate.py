@@ -42,6 +42,23 @@ def test_score_frames_perfect_inverted_and_library_agreement():
     assert set(METRIC_KEYS) <= set(ours) and ours["e_measure_max"] >= ours["e_measure_mean"]
 
 
+def test_s_measure_of_an_object_on_the_last_column_is_defined():
+    """An object leaving the view on the right: the GT centroid lands on the last column, and
+    pysodmetrics' empty quadrant made S NaN, then every frame pooled with it too."""
+    border = np.zeros((40, 50), np.uint8)
+    border[20:26, 49] = 255
+    library = py_sod_metrics.Smeasure()
+    with pytest.warns(RuntimeWarning):  # numpy: mean of an empty slice
+        library.step(np.zeros_like(border), border)
+    assert np.isnan(library.get_results()["sm"])  # the library's behaviour our override corrects
+    assert score_frames([border.astype(np.float32) / 255], [border])["s_measure"] == pytest.approx(1.0, abs=1e-6)
+    missed = score_frames([np.zeros(border.shape, np.float32)], [border])["s_measure"]
+    assert 0.0 <= missed < 0.6
+    inside = score_frames([_gt().astype(np.float32) / 255], [_gt()])["s_measure"]
+    pooled = score_frames([_gt().astype(np.float32) / 255, np.zeros(border.shape, np.float32)], [_gt(), border])
+    assert pooled["s_measure"] == pytest.approx((inside + missed) / 2)
+
+
 def test_score_frames_rejects_bad_input_clearly():
     gt = _gt()
     with pytest.raises(ValueError, match="same"):

@@ -5,6 +5,13 @@ thresholds), F-measure (beta^2 = 0.3; max over thresholds and adaptive threshold
 Predictions are scored the way the benchmark toolboxes score saved maps: quantised to
 uint8 PNG levels, then min-max stretched per frame by ``py_sod_metrics``; GT is binarised
 at 128. Frames without any GT file are not scored (the caller skips them).
+
+One correction to the library: S-measure's region term splits a frame into four quadrants at
+the GT's centroid (+1, as the original MATLAB code does), so an object on the last column or
+row leaves a quadrant with no pixels. That quadrant's weight is 0, but pysodmetrics 1.6 takes
+the SSIM of the empty region as the mean of nothing (NaN), and one such frame made a whole
+dataset's S NaN (objects leaving the view do this). ``_Smeasure`` scores an empty quadrant 0,
+which its zero weight then drops: the value the definition gives.
 """
 from __future__ import annotations
 
@@ -34,11 +41,18 @@ def to_uint8_map(image: np.ndarray, name: str) -> np.ndarray:
     raise ValueError(f"{name} must be uint8 (0..255), bool or float in [0, 1], got dtype {image.dtype}")
 
 
+class _Smeasure(py_sod_metrics.Smeasure):
+    """pysodmetrics' S-measure with empty quadrants contributing nothing (module docstring)."""
+
+    def ssim(self, pred: np.ndarray, gt: np.ndarray) -> float:
+        return 0.0 if pred.size == 0 else super().ssim(pred, gt)
+
+
 class SaliencyScorer:
     """Accumulates frames and gives the dataset-level metrics (averaged over frames)."""
 
     def __init__(self) -> None:
-        self._s, self._e = py_sod_metrics.Smeasure(), py_sod_metrics.Emeasure()
+        self._s, self._e = _Smeasure(), py_sod_metrics.Emeasure()
         self._mae = py_sod_metrics.MAE()
         # FmeasureV2 is the maintained F-measure (the old class warns it will be removed)
         self._f = py_sod_metrics.FmeasureV2({"fm": py_sod_metrics.FmeasureHandler(
