@@ -94,6 +94,9 @@ class TrainConfig:
     train_all: bool = field(default=False, metadata=_help(
         "DEMO ONLY: train ALL parameters (SAM2 too), for a small preset without a SAM2 checkpoint"))
     seed: int = field(default=0, metadata=_help("seed of model init, clip draws, dropout"))
+    data_seed: int | None = field(default=None, metadata=_help(
+        "seed of the generated videos, training and held-out (default: --seed); keep it and change "
+        "--seed to measure training's spread on the same data and held-out sets"))
     # data
     data: str | None = field(default=None, metadata=_help("dataset root (added to the generated videos below)"))
     layout: str = field(default="auto", metadata=_help("dataset layout", choices=list(LAYOUTS)))
@@ -149,6 +152,11 @@ class TrainConfig:
     val_videos: int = field(default=0, metadata=_help("generated 2-D held-out videos (0 = none)"))
     val_rendered_videos: int = field(default=0, metadata=_help(
         "rendered held-out videos (val split: objects and layouts training never sees; 0 = none)"))
+
+    @property
+    def generation_seed(self) -> int:
+        """The seed the rendered scenes and 2-D videos are generated from (``data_seed`` or ``seed``)."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def __post_init__(self) -> None:
         for name in ("sam2_checkpoint", "init_adapter", "data", "out_dir", "adapter_out", "sam2_weights_out", "val_data"):
@@ -221,9 +229,9 @@ def rendered_videos(root: Path, videos: int, split: str, config: TrainConfig) ->
     from m4sam_ros.learn.scenes.generate import SceneConfig, write_dataset as write_scenes  # pybullet: when used
 
     scenes = SceneConfig(out=str(root), split=split, videos=videos, frames=config.rendered_frames,
-                         width=config.rendered_width, height=config.rendered_height, seed=config.seed,
+                         width=config.rendered_width, height=config.rendered_height, seed=config.generation_seed,
                          progress=config.progress)
-    marker = root / f".complete-{videos}-{split}-{config.seed}-{scenes.height}x{scenes.width}x{scenes.frames}"
+    marker = root / f".complete-{videos}-{split}-{config.generation_seed}-{scenes.height}x{scenes.width}x{scenes.frames}"
     if not marker.exists():
         write_scenes(scenes)
         marker.touch()
@@ -352,7 +360,8 @@ class Trainer:
         if config.rendered_videos:
             videos += rendered_videos(self.out_dir / "rendered" / "train", config.rendered_videos, "train", config)
         if config.synthetic_videos:
-            videos += synthetic_videos(self.out_dir / "synthetic" / "train", config.synthetic_videos, config, config.seed)
+            videos += synthetic_videos(self.out_dir / "synthetic" / "train", config.synthetic_videos, config,
+                                      config.generation_seed)
         return videos
 
     # ---- one clip ------------------------------------------------------------------------
@@ -537,7 +546,7 @@ class Trainer:
                                                    config)
         if config.val_videos:
             held_out["synthetic"] = synthetic_videos(self.out_dir / "synthetic" / "val", config.val_videos, config,
-                                                     config.seed + 1000)
+                                                     config.generation_seed + 1000)
         if not held_out:
             return {}
         from m4sam_ros.learn.evaluate import evaluate_model  # evaluation imports the tracker stack lazily
