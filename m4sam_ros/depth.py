@@ -14,34 +14,64 @@ minimum is a sensor artefact; beyond the maximum is background either way).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+SCALES = ("linear", "log")
 _ACCEPTED = "uint16 (millimetres, 16UC1), float32/float64 (metres, 32FC1) or uint8 (8-bit benchmark PNG)"
 
 
 @dataclass(frozen=True)
 class DepthConfig:
-    """Valid metric range and polarity of normalised depth.
+    """Valid metric range, scale and polarity of normalised depth.
 
     min_m / max_m: metres mapped to the near / far ends of [0, 1]; outside is a hole.
+    scale: "linear" or "log" in metres between them (log needs min_m > 0).
     near_is_bright: True -> near = 1, far = 0 (the benchmarks' convention).
     """
 
     min_m: float = 0.1
     max_m: float = 10.0
     near_is_bright: bool = True
+    scale: str = "linear"
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.min_m) and np.isfinite(self.max_m) and 0.0 <= self.min_m < self.max_m):
             raise ValueError(f"DepthConfig needs finite 0 <= min_m < max_m, "
                              f"got min_m={self.min_m}, max_m={self.max_m}")
+        if self.scale not in SCALES:
+            raise ValueError(f"DepthConfig.scale must be one of {SCALES}, got {self.scale!r}")
+        if self.scale == "log" and self.min_m <= 0.0:
+            raise ValueError(f"DepthConfig with scale 'log' needs min_m > 0, got {self.min_m}")
 
     @property
     def far_value(self) -> float:
         """Normalised value of the far end, used to fill holes."""
         return 0.0 if self.near_is_bright else 1.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DepthConfig":
+        return cls(**values)
+
+    def nearness(self, metres: np.ndarray) -> np.ndarray:
+        """Metres -> [0, 1] with 1 at ``min_m`` (before clipping and polarity)."""
+        if self.scale == "log":
+            return np.log(np.float32(self.max_m) / metres) * np.float32(1.0 / np.log(self.max_m / self.min_m))
+        return (np.float32(self.max_m) - metres) * np.float32(1.0 / (self.max_m - self.min_m))
+
+    def metres(self, nearness: np.ndarray) -> np.ndarray:
+        """The inverse of ``nearness``: what an 8-bit benchmark level stands for in metres (kept
+        inside the range, which rounding would leave at the ends)."""
+        if self.scale == "log":
+            metres = np.float32(self.max_m) * np.power(np.float32(self.min_m / self.max_m), nearness)
+        else:
+            metres = np.float32(self.max_m) - nearness * np.float32(self.max_m - self.min_m)
+        return np.clip(metres, np.float32(self.min_m), np.float32(self.max_m))
 
 
 def _as_2d(depth: np.ndarray) -> np.ndarray:
@@ -76,8 +106,8 @@ def depth_to_metres(depth: np.ndarray) -> np.ndarray:
 def normalize_depth(depth: np.ndarray, config: DepthConfig = DepthConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Any supported depth -> (normalised (H, W) float32 in [0, 1], valid (H, W) bool).
 
-    uint16 / float: valid = finite depth in [min_m, max_m], mapped linearly (near -> 1 when
-    ``near_is_bright``). uint8: a benchmark PNG, already normalised with 255 = near; only the
+    uint16 / float: valid = finite depth in [min_m, max_m], mapped by ``config.scale`` (near -> 1
+    when ``near_is_bright``). uint8: a benchmark PNG, already normalised with 255 = near; only the
     polarity applies, and 0 is counted invalid (hole or farthest: both equal the fill value).
     Holes are filled with ``config.far_value``, so the output is never NaN.
     """
@@ -89,7 +119,7 @@ def normalize_depth(depth: np.ndarray, config: DepthConfig = DepthConfig()) -> t
         metres = depth_to_metres(depth)
         with np.errstate(invalid="ignore"):  # NaN comparisons are False: holes stay invalid
             valid = (metres >= config.min_m) & (metres <= config.max_m)
-        normalised = (np.float32(config.max_m) - metres) * np.float32(1.0 / (config.max_m - config.min_m))
+            normalised = config.nearness(metres)
     else:
         raise ValueError(f"normalize_depth got dtype {depth.dtype}; accepted: {_ACCEPTED}")
     if not config.near_is_bright:

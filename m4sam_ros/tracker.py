@@ -73,6 +73,8 @@ class TrackerConfig:
     mode: "auto" (learned when the model has an adapter file loaded, else zero_shot),
         "learned" or "zero_shot" (see module docstring).
     prior_threshold: the fallback zero-shot conditioning mask = prior >= this.
+    depth: the depth normalisation; None = the model's (what its adapter file was trained
+        on). In learned mode another one is refused: the weights only know their own.
     proposals: the RGB-D candidates of a zero-shot (re-)initialisation (``proposals.py``).
     refine_proposals: "auto" (with real SAM2 weights: a hiera preset with a checkpoint; the
         test preset's demo weights were never trained on point prompts), "always" or "never":
@@ -86,7 +88,7 @@ class TrackerConfig:
     lost_patience_frames: int = 15
     mode: str = "auto"
     prior_threshold: float = 0.5
-    depth: DepthConfig = field(default_factory=DepthConfig)
+    depth: DepthConfig | None = None
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
@@ -107,7 +109,7 @@ class TrackerConfig:
             raise ValueError(f"prior_threshold must be in (0, 1], got {self.prior_threshold}")
         if self.refine_proposals not in REFINEMENTS:
             raise ValueError(f"refine_proposals must be one of {REFINEMENTS}, got {self.refine_proposals!r}")
-        if self.prior.near_is_bright != self.depth.near_is_bright:
+        if self.depth is not None and self.prior.near_is_bright != self.depth.near_is_bright:
             raise ValueError("prior.near_is_bright must equal depth.near_is_bright (the prior reads normalised depth)")
 
 
@@ -165,8 +167,11 @@ class SaliencyTracker:
                              f"({model.config.image_size})")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.config = config
         self.mode = resolve_mode(config.mode, model)
+        if self.mode == "learned" and config.depth not in (None, model.config.depth):
+            raise ValueError(f"TrackerConfig.depth {config.depth} differs from the depth normalisation the model "
+                             f"was trained on, {model.config.depth}; leave it unset (None) to use the model's")
+        self.config = dataclasses.replace(config, depth=config.depth or model.config.depth)
         self.memory = model.new_memory(zero_shot=self.mode == "zero_shot", num_memory_frames=config.num_memory_frames)
         self.extractor = ObjectExtractor(config.postprocess)
         self._encoder = encoder if encoder is not None else TorchEncoder(self.model, self.device)

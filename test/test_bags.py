@@ -28,7 +28,6 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from m4sam_ros.cli import main as m4sam
 from m4sam_ros.compressed import encode_colour, encode_depth
-from m4sam_ros.depth import DepthConfig
 from m4sam_ros.learn.camera_file import read_camera_file, video_intrinsics
 from m4sam_ros.learn.datasets import DatasetError
 from m4sam_ros.learn.synthetic import SyntheticConfig, SyntheticFrame, generate_video, write_video
@@ -265,7 +264,7 @@ def expected_masks(rec: Recording, initial_mask: np.ndarray | None = None) -> li
     """SaliencyTracker.step on the recording's frames, with the node's default settings spelled out
     (seeded from ``initial_mask`` when given)."""
     config = TrackerConfig(image_size=64, num_memory_frames=6, gap_timeout_s=1.0, lost_score_threshold=0.1,
-                           lost_patience_frames=15, mode="learned", depth=DepthConfig(min_m=0.1, max_m=10.0),
+                           lost_patience_frames=15, mode="learned", depth=None,
                            postprocess=PostprocessConfig(threshold=0.5, min_area_fraction=0.001, max_objects=10))
     tracker = SaliencyTracker.from_settings(preset="test", image_size=64, seed=0, config=config)
     if initial_mask is not None:

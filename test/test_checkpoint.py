@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m4sam_ros.model import (CheckpointError, build_m4sam, load_adapter, load_sam2_checkpoint, read_adapter_config,
-                             save_adapter)
+from m4sam_ros.depth import DepthConfig
+from m4sam_ros.model import (CheckpointError, build_m4sam, load_adapter, load_m4sam, load_sam2_checkpoint,
+                             read_adapter_config, save_adapter)
 from m4sam_ros.model.m4sam import TRAINABLE_PREFIXES
 
 SIZE = 64
@@ -113,6 +114,18 @@ def test_adapter_round_trip(tmp_path):
     assert fresh.adapter_file == str(path)
     assert not torch.equal(before, want)
     assert torch.equal(after, want)
+
+
+def test_adapter_file_carries_its_depth_normalisation(tmp_path):
+    """A model built for an adapter file sees depth as the weights were trained to; files from
+    before the field existed were all trained on the linear default."""
+    log = DepthConfig(min_m=0.15, max_m=6.0, scale="log")
+    path = save_adapter(build_m4sam("test", image_size=SIZE, depth=log), tmp_path / "adapter.pt")
+    assert load_m4sam(adapter=path).config.depth == log
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["depth"]
+    torch.save(payload, tmp_path / "earlier.pt")
+    assert load_m4sam(adapter=tmp_path / "earlier.pt").config.depth == DepthConfig()
 
 
 def test_two_stage_depth_head_of_earlier_files_loads_under_its_new_key(tmp_path):

@@ -91,3 +91,31 @@ def test_uint8_has_no_metres():
 def test_bad_range_config_is_refused():
     with pytest.raises(ValueError, match="min_m"):
         DepthConfig(min_m=3.0, max_m=2.0)
+
+
+def test_log_scale_gives_every_distance_ratio_the_same_contrast():
+    """Log depth: the ends map to 1 and 0, and a 10 % step reads the same near and far (linear
+    over 0.1-10 m squeezes a table-top's 0.2-0.7 m into a few hundredths)."""
+    config = DepthConfig(min_m=0.1, max_m=10.0, scale="log")
+    depth = np.array([[0.1, 0.25, 0.275, 2.5, 2.75, 10.0]], dtype=np.float32)
+    normalised, valid = normalize_depth(depth, config)
+    assert valid.all()
+    assert normalised[0, 0] == pytest.approx(1.0) and normalised[0, 5] == pytest.approx(0.0, abs=1e-6)
+    near_step, far_step = normalised[0, 1] - normalised[0, 2], normalised[0, 3] - normalised[0, 4]
+    assert near_step == pytest.approx(far_step, rel=1e-4) and near_step == pytest.approx(np.log(1.1) / np.log(100))
+    linear, _ = normalize_depth(depth, DepthConfig(min_m=0.1, max_m=10.0))
+    assert near_step > 2 * (linear[0, 1] - linear[0, 2])
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_metres_inverts_nearness(scale):
+    config = DepthConfig(min_m=0.2, max_m=6.0, scale=scale)
+    metres = np.array([0.2, 0.7, 3.0, 6.0], dtype=np.float32)
+    np.testing.assert_allclose(config.metres(config.nearness(metres)), metres, rtol=1e-5)
+
+
+def test_bad_scale_config_is_refused():
+    with pytest.raises(ValueError, match="scale"):
+        DepthConfig(scale="sqrt")
+    with pytest.raises(ValueError, match="min_m > 0"):
+        DepthConfig(min_m=0.0, scale="log")

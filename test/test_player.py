@@ -13,16 +13,18 @@ import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from m4sam_ros.depth import normalize_depth
+from m4sam_ros.depth import SCALES as DEPTH_SCALES, DepthConfig, normalize_depth
 from m4sam_ros.learn.synthetic import SyntheticConfig, write_video
 from m4sam_ros.ros.conversions import depth_from_msg, rgb_from_msg
 from m4sam_ros.ros.player import benchmark_depth_to_metres
 
 
-def test_benchmark_depth_survives_the_node_normalisation() -> None:
+@pytest.mark.parametrize("scale", DEPTH_SCALES)
+def test_benchmark_depth_survives_the_node_normalisation(scale: str) -> None:
     """An 8-bit benchmark PNG sent as metres normalises back to its own levels."""
     stored = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    normalised, valid = normalize_depth(benchmark_depth_to_metres(stored))
+    config = DepthConfig(scale=scale)
+    normalised, valid = normalize_depth(benchmark_depth_to_metres(stored, config), config)
     expected, expected_valid = normalize_depth(stored)
     assert np.array_equal(valid, expected_valid)
     assert np.abs(normalised - expected).max() < 1e-5

@@ -8,7 +8,8 @@ from rcl_interfaces.msg import ParameterType
 from helpers import CONFIG, ROOT
 from m4sam_ros.model import build_m4sam
 from m4sam_ros.model.checkpoint import save_adapter
-from m4sam_ros.ros.model_loader import build_tracker
+from m4sam_ros.depth import DepthConfig
+from m4sam_ros.ros.model_loader import StartupError, build_tracker
 from m4sam_ros.model.builder import DEFAULT_IMAGE_SIZE
 from m4sam_ros.ros.parameters import PARAMETERS, NodeParameters, check, defaults, markdown_table
 
@@ -69,3 +70,17 @@ def test_image_size_zero_follows_the_adapter_and_builds_the_model_at_that_size(t
     assert " 128px learned" in description  # a set size wins
     _, description = build_tracker(NodeParameters.from_values(dict(values, **{"model.adapter": ""})))
     assert f" {DEFAULT_IMAGE_SIZE}px zero_shot" in description and DEFAULT_IMAGE_SIZE == 512
+
+
+def test_depth_normalisation_follows_the_adapter_and_learned_mode_refuses_another(tmp_path):
+    """depth.* 0 / "" (the defaults) take the adapter file's normalisation; one set otherwise is a
+    start-up error in learned mode, and SAM2 alone (zero-shot, depth only for the prior) takes it."""
+    log = DepthConfig(min_m=0.2, max_m=8.0, scale="log")
+    adapter = save_adapter(build_m4sam("test", image_size=64, depth=log), tmp_path / "adapter.pt")
+    values = dict(defaults(), **{"model.preset": "test", "model.adapter": str(adapter), "engine.backend": "pytorch"})
+    tracker, description = build_tracker(NodeParameters.from_values(values))
+    assert tracker.config.depth == log and description.endswith("depth log 0.2-8 m")
+    with pytest.raises(StartupError, match="trained on"):
+        build_tracker(NodeParameters.from_values(dict(values, **{"depth.scale": "linear"})))
+    tracker, _ = build_tracker(NodeParameters.from_values(dict(values, **{"model.adapter": "", "depth.max_m": 4.0})))
+    assert tracker.mode == "zero_shot" and tracker.config.depth == DepthConfig(max_m=4.0)

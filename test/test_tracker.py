@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from m4sam_ros.depth import DepthConfig, normalize_depth
 from m4sam_ros.engines.base import EncoderEngine
 from m4sam_ros.engines.torch_backend import TorchEncoder
 from m4sam_ros.learn.synthetic import SyntheticConfig, generate_video
@@ -344,7 +345,37 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="gap_timeout_s"):
         TrackerConfig(gap_timeout_s=0)
     with pytest.raises(ValueError, match="near_is_bright"):
-        TrackerConfig(prior=PriorConfig(near_is_bright=False))
+        TrackerConfig(prior=PriorConfig(near_is_bright=False), depth=DepthConfig())
+    with pytest.raises(ValueError, match="near_is_bright"):  # against the model's depth, once it is known
+        SaliencyTracker(build_m4sam("test", image_size=SIZE), TrackerConfig(image_size=SIZE,
+                                                                           prior=PriorConfig(near_is_bright=False)))
+
+
+class _DepthInput(TorchEncoder):
+    """The PyTorch engine, keeping the depth picture the tracker hands it."""
+
+    def __call__(self, rgb, depth, present):
+        self.depth = depth
+        return super().__call__(rgb, depth, present)
+
+
+def test_depth_normalisation_is_the_models(video):
+    """The tracker normalises depth the way the model was trained (its config, from its adapter
+    file); learned mode refuses another, zero-shot (depth only feeds the prior) takes one."""
+    log = DepthConfig(scale="log")
+    model = build_m4sam("test", image_size=SIZE, seed=0, depth=log)
+    seen = _DepthInput(model)
+    tracker = SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="learned"), encoder=seen)
+    assert tracker.config.depth == log
+    frame = video[0]
+    tracker.step(frame.rgb, frame.depth_mm, 0.0)
+    expected = model_inputs(frame.rgb, normalize_depth(frame.depth_mm, log)[0], SIZE)[1]
+    assert torch.equal(seen.depth, torch.from_numpy(expected))
+    assert not np.allclose(expected, model_inputs(frame.rgb, normalize_depth(frame.depth_mm)[0], SIZE)[1])
+    with pytest.raises(ValueError, match="trained on"):
+        SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="learned", depth=DepthConfig()))
+    zero_shot = SaliencyTracker(model, TrackerConfig(image_size=SIZE, mode="zero_shot", depth=DepthConfig(max_m=4.0)))
+    assert zero_shot.config.depth == DepthConfig(max_m=4.0)
 
 
 @pytest.mark.parametrize("mode", ["learned", "zero_shot"])

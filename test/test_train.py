@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from m4sam_ros.depth import DepthConfig
 from m4sam_ros.learn import train as train_module
 from m4sam_ros.learn.batching import collate_clips
 from m4sam_ros.learn.datasets import load_frame, open_dataset
@@ -97,6 +98,7 @@ def test_train_all_weights_load_into_the_tracker(tmp_path):
     result = trainer.run()
     assert result.sam2_weights is not None and result.sam2_weights.is_file() and result.adapter.is_file()
     assert read_adapter_config(result.adapter).name == "test"
+    assert read_adapter_config(result.adapter).depth == config.depth_config == DepthConfig(scale="log")
     assert result.loss_curve.stat().st_size > 1000 and result.log_csv.is_file()
     loaded = SaliencyTracker.from_settings(preset="test", image_size=SIZE, sam2_checkpoint=str(result.sam2_weights),
                                            adapter=str(result.adapter), seed=123)  # another seed: weights must come from files

@@ -55,6 +55,7 @@ from m4sam_ros.learn.distributed import World, join, leave, world_from_environme
 from m4sam_ros.learn.losses import LossWeights, frame_losses
 from m4sam_ros.learn.options import add_dataclass_arguments, config_from_args
 from m4sam_ros.learn.synthetic import SyntheticConfig, write_dataset
+from m4sam_ros.depth import SCALES as DEPTH_SCALES, DepthConfig
 from m4sam_ros.devices import resolve_device
 from m4sam_ros.model.adapters import ADAPTERS
 from m4sam_ros.model.builder import load_m4sam
@@ -113,6 +114,11 @@ class TrainConfig:
     synthetic_height: int = field(default=96, metadata=_help("synthetic frame height"))
     synthetic_width: int = field(default=128, metadata=_help("synthetic frame width"))
     synthetic_missing_depth_prob: float = field(default=0.05, metadata=_help("synthetic frames with dropped depth"))
+    depth_scale: str = field(default="log", metadata=_help(
+        "how metric depth maps to the model's [0, 1] input between --depth-min-m and --depth-max-m; "
+        "recorded in the adapter file (8-bit benchmark depth is used as it is)", choices=list(DEPTH_SCALES)))
+    depth_min_m: float = field(default=0.1, metadata=_help("nearest valid metric depth (m)"))
+    depth_max_m: float = field(default=10.0, metadata=_help("farthest valid metric depth (m)"))
     clip_length: int = field(default=4, metadata=_help("frames per clip (frame 0 = conditioning frame)"))
     clip_stride: int = field(default=1, metadata=_help("frame step inside a clip"))
     flip_prob: float = field(default=0.5, metadata=_help("probability of mirroring a clip"))
@@ -154,6 +160,11 @@ class TrainConfig:
         "rendered held-out videos (val split: objects and layouts training never sees; 0 = none)"))
 
     @property
+    def depth_config(self) -> DepthConfig:
+        """The depth normalisation the model trains on (and its adapter file records)."""
+        return DepthConfig(min_m=self.depth_min_m, max_m=self.depth_max_m, scale=self.depth_scale)
+
+    @property
     def generation_seed(self) -> int:
         """The seed the rendered scenes and 2-D videos are generated from (``data_seed`` or ``seed``)."""
         return self.seed if self.data_seed is None else self.data_seed
@@ -181,6 +192,7 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        self.depth_config  # DepthConfig refuses a bad range or scale
         if self.adapter_kind not in ADAPTERS:
             raise ValueError(f"unknown adapter kind {self.adapter_kind!r}; choose one of {sorted(ADAPTERS)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
@@ -254,11 +266,12 @@ def synthetic_videos(root: Path, videos: int, config: TrainConfig, split_seed: i
 
 def model_to_train(config: TrainConfig) -> M4SAM:
     """The model to train: ``load_m4sam`` (seeded init, official SAM2 weights, optional starting
-    adapter), everything trainable with ``--train-all``."""
+    adapter, the depth normalisation asked for), everything trainable with ``--train-all``."""
     if not config.sam2_checkpoint and not config.train_all:
         LOG.warning("no --sam2-checkpoint: the frozen SAM2 part of preset %r is RANDOM (tests only)", config.preset)
     model = load_m4sam(config.preset, config.image_size, sam2_checkpoint=config.sam2_checkpoint,
-                       adapter=config.init_adapter, adapter_kind=config.adapter_kind, seed=config.seed)
+                       adapter=config.init_adapter, adapter_kind=config.adapter_kind, seed=config.seed,
+                       depth=config.depth_config)
     if config.train_all:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -384,7 +397,8 @@ class Trainer:
     def _micro_batch(self, micro_index: int) -> ClipBatch:
         """The clips of the ``micro_index``-th micro-batch of the run (counted over all ranks)."""
         size = self.config.batch_size
-        clips = [self.sampler.load(self.sampler.clip(micro_index * size + b)) for b in range(size)]
+        depth = self.model.config.depth
+        clips = [self.sampler.load(self.sampler.clip(micro_index * size + b), depth) for b in range(size)]
         return collate_clips(clips, self.config.image_size).to(self.device)
 
     def train_step(self) -> dict[str, float]:

@@ -11,19 +11,22 @@ Only ``image_size`` may differ from the yaml (1024 there): every SAM2 module ada
 (positional embeddings are interpolated, RoPE tables are recomputed), so weights trained
 at 1024 load unchanged. The trainable part is ``adapter``, one entry of the adapter
 registry (``model.adapters``) with its own config; an adapter file must agree with the
-model on the SAM2 architecture and on the chosen adapter's fields, nothing else.
+model on the SAM2 architecture and on the chosen adapter's fields, nothing else. ``depth``
+is the depth normalisation the weights were trained on: an adapter file carries it, and a
+model built for that file takes it (files without it were trained on the linear default).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
+from m4sam_ros.depth import DepthConfig
 from m4sam_ros.model.adapters import ADAPTERS, AdapterConfig, MoELoRAConfig, adapter_config_from_dict
 
 SAM2_VERSIONS = ("2.0", "2.1")
 
 # Fields that do not describe trained weights: free to differ between a model and an adapter file.
-_NOT_ARCHITECTURE = ("name", "image_size", "modality_dropout", "adapter")
+_NOT_ARCHITECTURE = ("name", "image_size", "modality_dropout", "adapter", "depth")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class M4SAMConfig:
     memory_attention_layers, memory_attention_ffn, memory_fuser_layers, num_maskmem,
     max_obj_ptrs_in_encoder, sam2_version.
     adapter: the trainable RGB-D adapter (``model.adapters``; default M4-SAM's MoE-LoRA + fusion).
+    depth: how metric depth becomes the model's [0, 1] input (range, scale, polarity).
     Training: modality_dropout = (p_drop_depth, p_drop_rgb) per sample.
     """
 
@@ -59,6 +63,7 @@ class M4SAMConfig:
     sam2_version: str = "2.1"
     # the trainable part
     adapter: AdapterConfig = field(default_factory=MoELoRAConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
     # Training
     modality_dropout: tuple[float, float] = (0.3, 0.1)
 
@@ -80,6 +85,8 @@ class M4SAMConfig:
                              "object pointers are split into d_model/mem_dim memory tokens")
         if self.sam2_version not in SAM2_VERSIONS:
             raise ValueError(f"sam2_version must be one of {SAM2_VERSIONS}, got {self.sam2_version!r}")
+        if not isinstance(self.depth, DepthConfig):
+            raise ValueError(f"depth must be a DepthConfig (m4sam_ros.depth), got {type(self.depth).__name__}")
         if not isinstance(self.adapter, AdapterConfig):
             raise ValueError(f"adapter must be an AdapterConfig (see m4sam_ros.model.adapters), "
                              f"got {type(self.adapter).__name__}")
@@ -94,10 +101,10 @@ class M4SAMConfig:
         return [self.embed_dim * 8, self.embed_dim * 4, self.embed_dim * 2, self.embed_dim]
 
     def to_dict(self) -> dict:
-        """Plain types only (lists, a nested dict for the adapter): survives ``torch.load(weights_only=True)``."""
+        """Plain types only (lists, nested dicts for adapter and depth): survives ``torch.load(weights_only=True)``."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-        return dict(values, adapter=self.adapter.to_dict())
+        return dict(values, adapter=self.adapter.to_dict(), depth=self.depth.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict) -> "M4SAMConfig":
@@ -108,6 +115,8 @@ class M4SAMConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         if "adapter" in values:
             values["adapter"] = adapter_config_from_dict(values["adapter"])
+        if "depth" in values:
+            values["depth"] = DepthConfig.from_dict(values["depth"])
         return cls(**values)
 
     def architecture_differences(self, other: "M4SAMConfig") -> dict[str, tuple]:

@@ -6,6 +6,7 @@ non-zero without a traceback (``StartupError``).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from m4sam_ros.devices import resolve_device
 from m4sam_ros.engines.base import EngineUnavailable
 from m4sam_ros.engines.factory import EngineSettings, create_engines
 from m4sam_ros.model.builder import load_m4sam
+from m4sam_ros.model.m4sam import M4SAM
 from m4sam_ros.postprocess import PostprocessConfig
-from m4sam_ros.ros.parameters import EngineParameters, ModelParameters, NodeParameters
+from m4sam_ros.ros.parameters import DepthParameters, EngineParameters, ModelParameters, NodeParameters
 from m4sam_ros.tracker import SaliencyTracker, TrackerConfig, resolve_mode
 
 __all__ = ["CHECKPOINT_FILES", "StartupError", "build_tracker", "check_model_files", "postprocess_config",
@@ -82,15 +84,23 @@ def node_device(engine: EngineParameters) -> torch.device:
         raise StartupError(f"engine.device: {exc}") from None
 
 
-def tracker_config(settings: NodeParameters, image_size: int) -> TrackerConfig:
+def depth_config(settings: DepthParameters, trained: DepthConfig) -> DepthConfig | None:
+    """The depth.* parameters over the weights' own normalisation (0 / "auto" = the weights');
+    None when none is set, so the tracker takes the model's."""
+    given = {"min_m": settings.min_m, "max_m": settings.max_m, "scale": settings.scale}
+    given = {name: value for name, value in given.items() if value not in (0.0, "auto")}
+    return dataclasses.replace(trained, **given) if given else None
+
+
+def tracker_config(settings: NodeParameters, model: M4SAM) -> TrackerConfig:
     return TrackerConfig(
-        image_size=image_size,
+        image_size=model.config.image_size,
         num_memory_frames=settings.tracker.num_memory_frames,
         gap_timeout_s=settings.tracker.gap_timeout_s,
         lost_score_threshold=settings.tracker.lost_score_threshold,
         lost_patience_frames=settings.tracker.lost_patience_frames,
         mode=settings.model.mode,
-        depth=DepthConfig(min_m=settings.depth.min_m, max_m=settings.depth.max_m),
+        depth=depth_config(settings.depth, model.config.depth),
         postprocess=postprocess_config(settings))
 
 
@@ -106,7 +116,7 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
         model = load_m4sam(settings.model.preset, settings.model.image_size or None, sam2_checkpoint=checkpoint,
                            adapter=adapter, seed=settings.model.seed)
         image_size = model.config.image_size
-        config = tracker_config(settings, image_size)
+        config = tracker_config(settings, model)
         mode = resolve_mode(config.mode, model)
         engines = create_engines(model, EngineSettings(
             backend=settings.engine.backend, device=str(device), precision=settings.engine.precision,
@@ -121,8 +131,10 @@ def build_tracker(settings: NodeParameters) -> tuple[SaliencyTracker, str]:
         raise StartupError(f"cannot build the model: {exc}") from None
     choice = engines.choice
     variant = f" ({model.config.adapter.kind})" if tracker.mode == "learned" else ""  # which adapter learned mode runs
+    depth = tracker.config.depth
     description = (f"{settings.model.preset} {image_size}px {tracker.mode}{variant} on "
-                   f"{choice.backend}/{choice.device} {choice.precision}")
+                   f"{choice.backend}/{choice.device} {choice.precision}, depth {depth.scale} "
+                   f"{depth.min_m:g}-{depth.max_m:g} m")
     return tracker, description
 
 

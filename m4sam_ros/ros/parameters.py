@@ -5,7 +5,7 @@ mirrors its defaults (a test checks they are equal) and the README's parameter t
 generated from it (``python -m m4sam_ros.ros.parameters``). Ranges go into the descriptor
 so rclpy enforces them and tools (rqt_reconfigure) show them; what a range cannot say
 (choices, device syntax) is checked in ``check``, and relations between start-up
-parameters (depth.min_m < depth.max_m) when the model is built.
+parameters (depth.min_m < depth.max_m, and with the weights' own) when the model is built.
 Read-only parameters (model, engine, QoS) are fixed at start-up; the rest apply at run time.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
+from m4sam_ros.depth import SCALES as DEPTH_SCALES
 from m4sam_ros.engines.backends import BACKEND_NAMES, RUNNABLE_PRECISIONS
 from m4sam_ros.model.builder import DEFAULT_IMAGE_SIZE
 from m4sam_ros.model.config import PRESETS as MODEL_PRESETS
@@ -133,10 +134,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True),
     ParameterSpec("tracker.lost_patience_frames", 15, "Consecutive 'lost' frames before the memory re-initialises.",
                   range=(1, 10000), step=1, read_only=True),
-    ParameterSpec("depth.min_m", 0.1, "Nearest valid depth (m); closer is a hole. Must equal training.",
+    ParameterSpec("depth.min_m", 0.0, "Nearest valid depth (m); closer is a hole. 0 = what model.adapter was "
+                  "trained on (0.1 without an adapter); learned mode refuses another.",
                   range=(0.0, 100.0), read_only=True),
-    ParameterSpec("depth.max_m", 10.0, "Farthest valid depth (m); farther is a hole. Must equal training.",
-                  range=(0.1, 100.0), read_only=True),
+    ParameterSpec("depth.max_m", 0.0, "Farthest valid depth (m); farther is a hole. 0 = what model.adapter was "
+                  "trained on (10 without an adapter); learned mode refuses another.",
+                  range=(0.0, 100.0), read_only=True),
+    ParameterSpec("depth.scale", "auto", "How metres map to the model's [0, 1] depth; auto = what model.adapter "
+                  "was trained on (linear without an adapter); learned mode refuses another.",
+                  choices=("auto",) + DEPTH_SCALES, read_only=True),
     # -- engine (fixed at start-up) --------------------------------------------------------
     ParameterSpec("engine.backend", "auto",
                   "Encoder/memory-attention backend; auto: TensorRT, then ONNX Runtime CUDA, then PyTorch "
@@ -227,6 +233,7 @@ class TrackerParameters:
 class DepthParameters:
     min_m: float
     max_m: float
+    scale: str
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ stamps and timing, a folder in any layout ``m4sam_ros.learn.datasets`` reads (ge
 synthetic stream, so the saliency node can be run without a camera. Folders and
 synthetic streams go out at a chosen rate with fresh stamps. Depth goes out as 16UC1
 millimetres when stored as 16-bit; an 8-bit benchmark depth PNG has no metric scale, so
-it goes out as 32FC1 metres chosen so that the node's one normalisation
-(``m4sam_ros.depth``) gives back exactly the stored values. camera_info carries a
+it goes out as 32FC1 metres chosen so that the node's normalisation (``m4sam_ros.depth``,
+the weights' own: ``--depth-scale`` names its scale) gives back exactly the stored values. camera_info carries a
 video's ``camera.json`` intrinsics when it has one, else a ~58 degree field of view.
 
     m4sam_player --bag recording/ --rate 0.5 --loop
@@ -32,7 +32,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from m4sam_ros.depth import DepthConfig
+from m4sam_ros.depth import SCALES as DEPTH_SCALES, DepthConfig
 from m4sam_ros.postprocess import CameraIntrinsics
 from m4sam_ros.ros.bag_input import add_topic_arguments
 from m4sam_ros.ros.bag_player import BagPlayer
@@ -59,8 +59,7 @@ def default_intrinsics(width: int, height: int) -> CameraIntrinsics:
 def benchmark_depth_to_metres(depth: np.ndarray, config: DepthConfig = DepthConfig()) -> np.ndarray:
     """Invert the normalisation for an 8-bit near-is-bright PNG; 0 (unknown) becomes a hole (NaN)."""
     level = depth.astype(np.float32) / 255.0
-    nearness = level if config.near_is_bright else 1.0 - level
-    metres = config.max_m - nearness * (config.max_m - config.min_m)
+    metres = config.metres(level if config.near_is_bright else 1.0 - level)
     metres[depth == 0] = np.nan
     return metres
 
@@ -75,10 +74,13 @@ def camera_info(header: Header, k: CameraIntrinsics, width: int, height: int) ->
 class CameraPublishers:
     """The three publishers of an RGB-D camera with depth aligned to colour."""
 
-    def __init__(self, node: Node, frame_id: str = "camera_color_optical_frame", reliable: bool = True) -> None:
+    def __init__(self, node: Node, frame_id: str = "camera_color_optical_frame", reliable: bool = True,
+                 depth_config: DepthConfig = DepthConfig()) -> None:
+        """``depth_config``: the node's normalisation, which 8-bit benchmark depth is sent through."""
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
         self.node = node
         self.frame_id = frame_id
+        self.depth_config = depth_config
         self.rgb = node.create_publisher(Image, "rgb/image", qos)
         self.depth = node.create_publisher(Image, "depth/image", qos)
         self.info = node.create_publisher(CameraInfo, "rgb/camera_info", qos)
@@ -92,7 +94,7 @@ class CameraPublishers:
         if frame.depth is not None:
             depth = frame.depth
             if depth.dtype == np.uint8:
-                depth = benchmark_depth_to_metres(depth)
+                depth = benchmark_depth_to_metres(depth, self.depth_config)
             self.depth.publish(image_msg(header, depth, "16UC1" if depth.dtype == np.uint16 else "32FC1"))
         return stamp_seconds(header.stamp)
 
@@ -127,7 +129,8 @@ def folder_frames(root: str, layout: str, split: str | None, video: str | None) 
 
 def play_bag(node: Node, args: argparse.Namespace) -> BagPlayer:
     """Replay ``args.bag`` through the camera's publishers; returns the finished ``BagPlayer``."""
-    camera = CameraPublishers(node, frame_id=args.frame_id, reliable=not args.best_effort)
+    camera = CameraPublishers(node, frame_id=args.frame_id, reliable=not args.best_effort,
+                              depth_config=DepthConfig(scale=args.depth_scale))
     player = BagPlayer(node, {"rgb": camera.rgb, "depth": camera.depth, "info": camera.info}, args.bag,
                        {"rgb": args.rgb_topic, "depth": args.depth_topic, "info": args.info_topic},
                        rate=args.rate, loop=args.loop, wait_for_subscribers=args.wait_for_subscribers)
@@ -142,7 +145,8 @@ class PlayerNode(Node):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__("m4sam_player")
         self.args = args
-        self.camera = CameraPublishers(self, frame_id=args.frame_id, reliable=not args.best_effort)
+        self.camera = CameraPublishers(self, frame_id=args.frame_id, reliable=not args.best_effort,
+                                       depth_config=DepthConfig(scale=args.depth_scale))
         self.frames = self._source()
         self.published = 0
         self.done = False
@@ -204,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=240, help="synthetic: image height")
     parser.add_argument("--frames", type=int, default=300, help="synthetic: video length")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    parser.add_argument("--depth-scale", choices=DEPTH_SCALES, default="log",
+                        help="8-bit benchmark depth: the scale of the node's depth normalisation (its start-up log "
+                             "names it; default: the demo weights' and m4sam train's)")
     return parser
 
 
