@@ -13,10 +13,12 @@ import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
+import m4sam_ros
 from m4sam_ros.depth import SCALES as DEPTH_SCALES, DepthConfig, normalize_depth
 from m4sam_ros.learn.synthetic import SyntheticConfig, write_video
 from m4sam_ros.ros.conversions import depth_from_msg, rgb_from_msg
-from m4sam_ros.ros.player import benchmark_depth_to_metres
+from m4sam_ros.model.checkpoint import read_adapter_config
+from m4sam_ros.ros.player import benchmark_depth_to_metres, build_parser
 
 
 @pytest.mark.parametrize("scale", DEPTH_SCALES)
@@ -55,6 +57,12 @@ def collect(topics: dict[str, type], command: list[str], seconds: float) -> dict
 
 
 @pytest.mark.slow
+def test_player_sends_benchmark_depth_for_the_demo_weights_by_default() -> None:
+    """Played into the node with the packaged weights, 8-bit depth comes back as it is stored."""
+    demo = read_adapter_config(Path(m4sam_ros.__file__).parent / "data" / "demo_adapter.pt").depth
+    assert build_parser().parse_args(["--synthetic"]).depth_scale == demo.scale
+
+
 def test_player_replays_a_generic_folder(tmp_path: Path) -> None:
     config = SyntheticConfig(width=64, height=48, frames=12, seed=3)
     write_video(tmp_path, "clip", config)

@@ -56,11 +56,11 @@ def worst(rows: list[ParityRow]) -> ErrorStats:
     return ErrorStats(max(r.error.max_abs for r in rows), max(r.error.relative for r in rows))
 
 
-def frame_inputs(rgb: np.ndarray, depth: np.ndarray | None, image_size: int) -> dict[str, torch.Tensor]:
+def frame_inputs(rgb: np.ndarray, depth: np.ndarray | None, model: M4SAM) -> dict[str, torch.Tensor]:
     """A camera frame -> encoder inputs through the tracker's own preprocessing (learned mode:
-    depth normalised the one documented way, absent depth -> zeros and modality_present [1, 0])."""
-    depth_normalized = normalize_depth(depth)[0] if depth is not None else None
-    arrays = model_inputs(rgb, depth_normalized, image_size)
+    depth normalised as the model was trained, absent depth -> zeros and modality_present [1, 0])."""
+    depth_normalized = normalize_depth(depth, model.config.depth)[0] if depth is not None else None
+    arrays = model_inputs(rgb, depth_normalized, model.config.image_size)
     return {name: torch.from_numpy(array) for name, array in zip(ENCODER_INPUTS, arrays)}
 
 
@@ -81,7 +81,7 @@ def _encoder_cases(model: M4SAM, frames: int, seed: int) -> list[tuple[str, dict
     cases = [("random", example_encoder_inputs(model, generator=torch.Generator().manual_seed(seed)))]
     for index, rgb, depth in parity_frames(frames, seed):
         label = f"synthetic frame {index}" + (" (no depth)" if depth is None else "")
-        cases.append((label, frame_inputs(rgb, depth, model.config.image_size)))
+        cases.append((label, frame_inputs(rgb, depth, model)))
     return cases
 
 
@@ -136,7 +136,7 @@ def memory_attention_parity(model: M4SAM, graph: CompiledGraph, frames: int = 4,
     tracker = SaliencyTracker(model, config, device=str(device))
     for index, rgb, depth in parity_frames(frames, seed):
         if index > 0:  # the bank holds frames 0 .. index-1; frame `index` attends to it
-            encoder_feed = _to(device, frame_inputs(rgb, depth, model.config.image_size))
+            encoder_feed = _to(device, frame_inputs(rgb, depth, model))
             with torch.inference_mode():
                 frame = model.encode(*(encoder_feed[n] for n in ENCODER_INPUTS))
                 view = tracker.memory.view()
