@@ -255,14 +255,16 @@ def test_the_node_runs_the_variant_end_to_end(ros, log_dir, tmp_path):
 
 
 def test_demo_recipe_is_m4sams_with_the_other_adapter():
-    """The two variants' demo weights compare like for like: one recipe, two adapters."""
+    """The two variants' demo weights compare like for like: one recipe, two adapters (and, until
+    SAM-DAQ's weights are retrained on it, M4-SAM's log depth scale)."""
     import yaml
 
     from helpers import ROOT
 
     m4sam, daq = (yaml.safe_load((ROOT / "config" / name).read_text()) for name in ("train_demo.yaml",
                                                                                  "train_daq_demo.yaml"))
-    outputs = {"out_dir", "adapter_out", "sam2_weights_out"}
+    outputs = {"out_dir", "adapter_out", "sam2_weights_out", "depth_scale"}
+    assert (m4sam["depth_scale"], daq["depth_scale"]) == ("log", "linear")
     assert daq.pop("adapter_kind") == "sam_daq" and "adapter_kind" not in m4sam
     assert {k: v for k, v in daq.items() if k not in outputs} == {k: v for k, v in m4sam.items() if k not in outputs}
     assert TrainConfig(**daq, adapter_kind="sam_daq").steps == m4sam["steps"]  # every key a TrainConfig field

@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -110,6 +111,26 @@ def test_train_all_weights_load_into_the_tracker(tmp_path):
         a = loaded.step(frame.rgb, frame.depth_raw, i / 30).probability
         b = in_memory.step(frame.rgb, frame.depth_raw, i / 30).probability
         assert np.array_equal(a, b)
+
+
+def test_a_non_finite_gradient_skips_the_update_and_a_run_of_them_stops_training(tmp_path, caplog):
+    """On CPU (no GradScaler) one NaN gradient used to turn every weight NaN for the rest of the
+    run, which still wrote its adapter; now the update is skipped, and ten in a row stop it."""
+    trainer = Trainer(_config(tmp_path, "nan", steps=20))
+    before = {name: p.detach().clone() for name, p in trainer.named_trainable.items()}
+    poison = next(iter(trainer.named_trainable.values())).register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    with caplog.at_level(logging.WARNING, logger="m4sam.train"):
+        assert math.isnan(trainer.train_step()["grad_norm"])
+    assert "update skipped (1 in a row)" in caplog.text
+    assert all(torch.equal(p, before[name]) for name, p in trainer.named_trainable.items())
+    for _ in range(train_module.MAX_NONFINITE_STEPS - 2):
+        trainer.train_step()
+    with pytest.raises(FloatingPointError, match="diverged: 10 steps in a row"):
+        trainer.train_step()
+    poison.remove()
+    assert math.isfinite(trainer.train_step()["grad_norm"])
+    assert all(torch.isfinite(p).all() for p in trainer.named_trainable.values())
+    assert any(not torch.equal(p, before[name]) for name, p in trainer.named_trainable.items())
 
 
 def test_lr_schedule_warms_up_then_decays():

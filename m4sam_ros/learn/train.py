@@ -66,6 +66,7 @@ from m4sam_ros.model.m4sam import M4SAM, DecoderOutput
 LOG = logging.getLogger("m4sam.train")
 CHECKPOINT_FORMAT = "m4sam-train-checkpoint"
 CHECKPOINT_VERSION = 1
+MAX_NONFINITE_STEPS = 10  # skipped updates in a row before training stops as diverged
 LOG_COLUMNS = ("step", "lr", "loss", "bce", "iou", "object", "inter", "grad_norm", "clips_per_s", "elapsed_s")
 # Settings a resume may change. All but `steps` keep the run bit-exact; a new `steps` is
 # allowed (to train longer) but reshapes the cosine schedule from the resume point on.
@@ -348,6 +349,7 @@ class Trainer:
         self.sampler = ClipSampler(self.world.in_turn(self._training_videos), config.clip_length, seed=config.seed,
                                    stride=config.clip_stride, flip_prob=config.flip_prob)
         self.step = 0
+        self._nonfinite_steps = 0
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         random.seed(config.seed)
@@ -423,12 +425,27 @@ class Trainer:
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")  # inf: measure only
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         totals["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.scaler.step(self.optimizer)
+        if math.isfinite(grad_norm) or self.scaler.is_enabled():  # GradScaler skips such steps itself
+            self._nonfinite_steps = 0
+            self.scaler.step(self.optimizer)
+        else:
+            self._skip_nonfinite_step(grad_norm)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
         totals["grad_norm"] = grad_norm
         return totals
+
+    def _skip_nonfinite_step(self, grad_norm: float) -> None:
+        """A NaN/inf gradient would poison every weight it touches for the rest of the run:
+        leave the weights and the optimizer state as they are, and stop once it keeps happening."""
+        self._nonfinite_steps += 1
+        LOG.warning("step %d: gradient norm %s, update skipped (%d in a row)", self.step + 1, grad_norm,
+                    self._nonfinite_steps)
+        if self._nonfinite_steps >= MAX_NONFINITE_STEPS:
+            raise FloatingPointError(f"training diverged: {self._nonfinite_steps} steps in a row had non-finite "
+                                     f"gradients (up to step {self.step + 1}); the last checkpoint holds finite "
+                                     "weights: resume from it with a lower --lr or --grad-clip")
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -628,7 +645,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(TrainConfig, args)
         result = train(config)
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as error:
         LOG.error("%s", error)
         return 2
     finally:
