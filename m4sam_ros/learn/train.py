@@ -444,8 +444,8 @@ class Trainer:
                     self._nonfinite_steps)
         if self._nonfinite_steps >= MAX_NONFINITE_STEPS:
             raise FloatingPointError(f"training diverged: {self._nonfinite_steps} steps in a row had non-finite "
-                                     f"gradients (up to step {self.step + 1}); the last checkpoint holds finite "
-                                     "weights: resume from it with a lower --lr or --grad-clip")
+                                     f"gradients (up to step {self.step + 1}); start again with a lower --lr or "
+                                     "--grad-clip, or another --seed (the last checkpoint still holds finite weights)")
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
