@@ -193,7 +193,7 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        self.depth_config  # DepthConfig refuses a bad range or scale
+        _ = self.depth_config  # building it checks range and scale (DepthConfig.__post_init__)
         if self.adapter_kind not in ADAPTERS:
             raise ValueError(f"unknown adapter kind {self.adapter_kind!r}; choose one of {sorted(ADAPTERS)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):

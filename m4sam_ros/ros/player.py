@@ -7,8 +7,9 @@ synthetic stream, so the saliency node can be run without a camera. Folders and
 synthetic streams go out at a chosen rate with fresh stamps. Depth goes out as 16UC1
 millimetres when stored as 16-bit; an 8-bit benchmark depth PNG has no metric scale, so
 it goes out as 32FC1 metres chosen so that the node's normalisation (``m4sam_ros.depth``,
-the weights' own: ``--depth-scale`` names its scale) gives back exactly the stored values. camera_info carries a
-video's ``camera.json`` intrinsics when it has one, else a ~58 degree field of view.
+the weights' own: ``--depth-scale`` names its scale) gives back exactly the stored values.
+camera_info carries a video's ``camera.json`` intrinsics when it has one, else a ~58 degree
+field of view.
 
     m4sam_player --bag recording/ --rate 0.5 --loop
     m4sam_player --bag robot.mcap --rgb-topic /head/color/image_raw/compressed --depth-topic ''
